@@ -110,15 +110,12 @@ def ml_model_training():
     @task
     def plan_trials(params=None, dag=None, run_id=None) -> list[list[str]]:
         """One argument list per trial; each becomes a mapped trainer pod in the gpu_pool."""
-        from mlplatform.steps import step_output_uri
+        from mlplatform.steps import trial_arguments
 
-        features = step_output_uri(SETTINGS.artifact_root, dag.dag_id, run_id, "build_features")
-        n_trials = int(params["n_trials"])
-        return [
-            ["trial", "--features", features, "--trial-index", str(index), "--n-trials", str(n_trials),
-             "--seed", str(params["seed"]), "--max-rounds", str(params["max_boost_rounds"])]
-            for index in range(n_trials)
-        ]
+        return trial_arguments(
+            SETTINGS.artifact_root, dag.dag_id, run_id, n_trials=int(params["n_trials"]),
+            seed=int(params["seed"]), max_rounds=int(params["max_boost_rounds"]),
+        )
 
     trial_arguments = plan_trials()
     trials = mapped_step("train_trial", TRAINER_GPU).expand(arguments=trial_arguments)

@@ -92,6 +92,18 @@ def step_output_uri(artifact_root: str, dag_id: str, run_id: str, task_id: str, 
     return f"{uri}/{map_index}" if map_index is not None and map_index >= 0 else uri
 
 
+def trial_arguments(
+    artifact_root: str, dag_id: str, run_id: str, *, n_trials: int, seed: int, max_rounds: int
+) -> list[list[str]]:
+    """CLI arguments of each hyperparameter trial; one mapped trainer pod per entry."""
+    features = step_output_uri(artifact_root, dag_id, run_id, "build_features")
+    return [
+        ["trial", "--features", features, "--trial-index", str(index), "--n-trials", str(n_trials),
+         "--seed", str(seed), "--max-rounds", str(max_rounds)]
+        for index in range(n_trials)
+    ]
+
+
 def read_step_manifest(task_id: str, map_index: int = -1, context: dict | None = None) -> dict[str, Any]:
     """Read a finished step's manifest for the current DAG run (Airflow-side, from storage)."""
     from airflow.sdk import get_current_context

@@ -1,0 +1,96 @@
+# One machine, nothing installed by hand: the first target that needs the environment creates it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+MLPLATFORM_HOME := $(CURDIR)/.local
+BOOTSTRAP := $(MLPLATFORM_HOME)/bootstrap
+UV := $(BOOTSTRAP)/bin/uv
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+
+# Embedded defaults (DESIGN.md): everything under .local/, git-ignored; `make clean` removes it.
+export MLPLATFORM_HOME
+export PIPELINE_RUNTIME ?= local
+export ARTIFACT_ROOT ?= file://$(MLPLATFORM_HOME)/artifacts
+export WAREHOUSE_URI ?= sqlite:///$(MLPLATFORM_HOME)/warehouse.db
+export MLFLOW_TRACKING_URI ?= sqlite:///$(MLPLATFORM_HOME)/mlflow.db
+export MLFLOW_ARTIFACT_LOCATION ?= $(MLPLATFORM_HOME)/mlflow-artifacts
+export AIRFLOW_HOME ?= $(MLPLATFORM_HOME)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
+export PYTHONPATH := $(CURDIR)/dags
+export PATH := $(BIN):$(PATH)
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+SEED_ARGS ?= --customers 10000 --events-per-customer 40 --seed 42
+GPU_POOL_SLOTS ?= 2
+AIRFLOW_PORT ?= 8080
+MLFLOW_PORT ?= 5000
+SERVE_PORT ?= 5001
+
+.PHONY: help venv seed airflow-db pools run summary test test-fast ui serve bench render images kind-test clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(BOOTSTRAP)
+	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml images/features/pyproject.toml images/trainer/pyproject.toml
+	$(UV) sync --frozen --all-packages
+	touch $@
+
+venv: $(VENV)/.synced ## Create the environment from the lock file
+
+seed: venv ## Generate the demo warehouse (SEED_ARGS to change its size or drift)
+	$(BIN)/python -m features seed $(SEED_ARGS)
+
+$(AIRFLOW_HOME)/.migrated: $(VENV)/.synced
+	mkdir -p $(AIRFLOW_HOME)
+	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (tail -50 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+	touch $@
+
+airflow-db: $(AIRFLOW_HOME)/.migrated
+
+pools: airflow-db ## Create the Airflow pools the DAGs use
+	$(BIN)/airflow pools set gpu_pool $(GPU_POOL_SLOTS) "GPU node pool: one slot per trainer pod" > /dev/null
+
+run: seed pools ## Set up, run the training pipeline once on the embedded default, print a summary
+	@echo "== running ml_model_training (task logs: $(AIRFLOW_HOME)/dags-test.log)"
+	@$(BIN)/airflow dags test ml_model_training > $(AIRFLOW_HOME)/dags-test.log 2>&1 \
+		|| (grep -E "ERROR|Error|error|failed" $(AIRFLOW_HOME)/dags-test.log | tail -30; \
+		    echo "the run failed: full log in $(AIRFLOW_HOME)/dags-test.log"; exit 1)
+	@$(BIN)/python -m mlplatform.cli summary
+
+summary: venv ## Print the summary of the latest training run
+	@$(BIN)/python -m mlplatform.cli summary
+
+test: venv ## Run the tests (unit, DAG, pod and chart, end to end)
+	$(BIN)/pytest
+
+test-fast: venv ## Run the tests without the end-to-end tier
+	$(BIN)/pytest -m "not e2e"
+
+ui: pools ## Start the Airflow UI (standalone) and the MLflow UI; Ctrl-C stops both
+	$(BIN)/python -m mlplatform.cli ui --airflow-port $(AIRFLOW_PORT) --mlflow-port $(MLFLOW_PORT)
+
+serve: venv ## Serve the champion model with an MLflow model server
+	$(BIN)/python -m mlplatform.cli serve --port $(SERVE_PORT)
+
+bench: venv ## Benchmarks: polars vs pandas feature build, gate vs build time (results in bench/results/)
+	$(BIN)/python bench/bench_features.py
+
+clean: ## Remove everything the embedded default wrote (.local/ and build/)
+	rm -rf $(MLPLATFORM_HOME) build
+
+# What a cluster install would use; override to render for your own cluster.
+RENDER_ENV := PIPELINE_RUNTIME=kubernetes ARTIFACT_ROOT=s3://mlplatform/artifacts \
+	MLFLOW_TRACKING_URI=http://mlplatform-mlflow:5000 OBJECT_STORE_SECRET_NAME=mlplatform-object-store
+
+render: airflow-db ## Write every pod the DAGs launch and the rendered chart as YAML under build/render/
+	rm -rf build/render/pods
+	env $(RENDER_ENV) $(BIN)/python -m mlplatform.render_cli --out build/render/pods
