@@ -1,0 +1,230 @@
+"""The exact pods the DAGs would send to a cluster, checked without one.
+
+Pods are rendered by the same operator and ``build_pod_request_obj`` that run them; each is validated
+against the Kubernetes API schema and held to the placement, security and secrets rules.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from k8s_schema import validate_k8s_object
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GPU_STEPS = {"train_trial", "train_model"}
+CLUSTER_ENV = {
+    "PIPELINE_RUNTIME": "kubernetes",
+    "ARTIFACT_ROOT": "s3://mlplatform/artifacts",
+    "MLFLOW_TRACKING_URI": "http://mlplatform-mlflow:5000",
+    "OBJECT_STORE_SECRET_NAME": "mlplatform-object-store",
+    "WAREHOUSE_SECRET_NAME": "mlplatform-warehouse",
+    "GPU_NODE_SELECTOR": json.dumps({"cloud.google.com/gke-accelerator": "nvidia-l4"}),
+    "GPU_REQUEST": "1",
+}
+
+
+def render(monkeypatch, **env: str) -> dict:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from mlplatform.render import pod_to_dict, render_pods
+
+    for name, value in {**CLUSTER_ENV, **env}.items():
+        monkeypatch.setenv(name, value)
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert bag.import_errors == {}
+    return {
+        (dag_id, task_id): pod_to_dict(pod)
+        for dag_id, dag in bag.dags.items()
+        for task_id, pod in render_pods(dag).items()
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster_pods():
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        yield render(monkeypatch)
+    finally:
+        monkeypatch.undo()
+
+
+def test_every_training_step_has_a_pod(cluster_pods):
+    tasks = {task for dag, task in cluster_pods if dag == "ml_model_training"}
+    assert tasks == {"extract", "validate_raw", "build_features", "validate_features", "train_trial",
+                     "train_model", "evaluate"}
+
+
+def test_pods_are_valid_kubernetes_objects(cluster_pods):
+    for key, pod in cluster_pods.items():
+        validate_k8s_object(pod)
+
+
+def test_trainer_pods_run_on_the_gpu_pool_and_others_do_not(cluster_pods):
+    for (_, task), pod in cluster_pods.items():
+        spec, container = pod["spec"], pod["spec"]["containers"][0]
+        resources = container["resources"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        if task in GPU_STEPS:
+            assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+            assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+            assert env["XGB_DEVICE"] == "cuda"
+        else:
+            assert "nvidia.com/gpu" not in resources.get("limits", {}), task
+            assert not spec.get("nodeSelector"), task
+            assert not spec.get("tolerations"), task
+            assert env["XGB_DEVICE"] == "cpu"
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(cluster_pods):
+    for key, pod in cluster_pods.items():
+        spec = pod["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, key
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", key
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), key
+        assert spec["automountServiceAccountToken"] is False, key
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, key
+            assert context["capabilities"]["drop"] == ["ALL"], key
+            assert not context["capabilities"].get("add"), key
+            assert context["readOnlyRootFilesystem"] is True, key
+            assert context.get("privileged") in (None, False), key
+        # A read-only root needs a writable scratch volume where the steps write temporary files.
+        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        assert mounts.get("/tmp") == "scratch", key
+        assert {"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}} in spec["volumes"], key
+
+
+def test_secrets_are_passed_by_reference_only(cluster_pods):
+    for (_, task), pod in cluster_pods.items():
+        env = pod["spec"]["containers"][0]["env"]
+        by_name = {e["name"]: e for e in env}
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert "value" not in by_name[name] and by_name[name]["valueFrom"]["secretKeyRef"]["name"] == (
+                "mlplatform-object-store"), (task, name)
+        if task in ("extract",):
+            ref = by_name["WAREHOUSE_URI"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "mlplatform-warehouse", "key": "uri"}
+        if task in GPU_STEPS | {"evaluate"}:
+            assert "WAREHOUSE_URI" not in by_name, f"{task} does not need the warehouse"
+        dumped = json.dumps(pod)
+        assert "password" not in dumped.lower() and "postgresql://" not in dumped
+
+
+def test_pods_carry_dag_run_and_task_labels(cluster_pods):
+    for (dag_id, task), pod in cluster_pods.items():
+        labels = pod["metadata"]["labels"]
+        assert labels["dag_id"] == dag_id and labels["task_id"] == task
+        assert labels["run_id"].startswith("manual__")
+        assert labels["app.kubernetes.io/part-of"] == "mlplatform"
+    assert cluster_pods[("ml_model_training", "train_trial")]["metadata"]["labels"]["map_index"] == "0"
+
+
+def test_steps_write_to_run_scoped_paths_and_mapped_trials_do_not_collide(cluster_pods):
+    def output(task):
+        env = cluster_pods[("ml_model_training", task)]["spec"]["containers"][0]["env"]
+        return next(e["value"] for e in env if e["name"] == "STEP_OUTPUT_URI")
+
+    prefix = "s3://mlplatform/artifacts/runs/ml_model_training/manual__2026-01-04T03:00:00+00:00/"
+    assert output("extract") == prefix + "extract"
+    assert output("train_trial") == prefix + "train_trial/0"
+
+
+def test_commands_are_the_image_clis(cluster_pods):
+    for (_, task), pod in cluster_pods.items():
+        container = pod["spec"]["containers"][0]
+        module = "trainer" if task in GPU_STEPS | {"evaluate"} else "features"
+        assert container["command"] == ["python", "-m", module]
+        assert container["image"].startswith(f"mlplatform-{module}")
+        assert container["args"][0] in {"extract", "validate-raw", "build", "validate-features", "trial", "train",
+                                         "evaluate"}
+    evaluate = cluster_pods[("ml_model_training", "evaluate")]["spec"]["containers"][0]["args"]
+    assert evaluate[evaluate.index("--challenger-version") + 1] == "7"  # rendered from the train manifest
+
+
+def test_operator_settings_for_the_cluster(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    for name, value in CLUSTER_ENV.items():
+        monkeypatch.setenv(name, value)
+    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["ml_model_training"]
+    train = dag.get_task("train_model")
+    assert train.deferrable is True and train.do_xcom_push is False
+    assert train.pool == "gpu_pool" and train.pool_slots == 1
+    assert train.schedule_timeout_seconds >= 15 * 60, "GPU nodes need time to scale up"
+    assert train.on_finish_action.value == "delete_succeeded_pod", "failed pods are kept for debugging"
+    assert train.execution_timeout is not None
+    assert dag.get_task("extract").pool != "gpu_pool"
+
+
+def test_digest_overrides_tag_and_gpu_off_for_kind(monkeypatch):
+    digest = "sha256:" + "a" * 64
+    pods = render(monkeypatch, TRAINER_IMAGE="registry.example/ml/trainer:1.2.3", TRAINER_IMAGE_DIGEST=digest,
+                  GPU_REQUEST="0", GPU_NODE_SELECTOR='{"pool": "gpu"}')
+    trial = pods[("ml_model_training", "train_trial")]
+    assert trial["spec"]["containers"][0]["image"] == f"registry.example/ml/trainer@{digest}"
+    # kind: no GPU to request, but node selection and toleration are still exercised.
+    assert "nvidia.com/gpu" not in trial["spec"]["containers"][0]["resources"]["limits"]
+    assert trial["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert any(t["key"] == "nvidia.com/gpu" for t in trial["spec"]["tolerations"])
+
+
+def test_bad_digest_is_rejected(monkeypatch):
+    from mlplatform.settings import load_settings
+
+    monkeypatch.setenv("TRAINER_IMAGE_DIGEST", "latest")
+    with pytest.raises(ValueError, match="sha256"):
+        load_settings()
+
+
+def test_local_runtime_runs_exactly_the_rendered_pod(monkeypatch, tmp_path):
+    """The local runtime executes the pod's command, args and env: nothing added, nothing dropped."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from mlplatform.render import _sample_context
+    from mlplatform.steps import FEATURES, step
+
+    monkeypatch.setenv("PIPELINE_RUNTIME", "local")
+    monkeypatch.setenv("ARTIFACT_ROOT", f"file://{tmp_path}/artifacts")
+    monkeypatch.setenv("WAREHOUSE_URI", "sqlite:////tmp/from-the-local-secret-store.db")
+    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["ml_model_training"]
+    record = tmp_path / "record.json"
+    script = ("import json, os, sys; json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, "
+              f"open({str(record)!r}, 'w'))")
+    operator = step("probe", FEATURES, ["extract", "--cutoff", "{{ params.cutoff }}", "--seed", "{{ params.seed }}"],
+                    cmds=["python", "-c", script])
+    context = _sample_context(dag, "probe", -1)
+    operator.render_template_fields(context, jinja_env=dag.get_template_env())
+    pod = operator.build_pod_request_obj(context, dry_run=True)
+    operator.execute(context)
+
+    ran = json.loads(record.read_text())
+    container = pod.spec.containers[0]
+    assert ran["argv"] == container.args == ["extract", "--cutoff", "", "--seed", "42"]
+    for variable in container.env:
+        if variable.value_from is None and not (variable.value or "").startswith("/tmp"):
+            assert ran["env"][variable.name] == variable.value, variable.name
+    assert ran["env"]["WAREHOUSE_URI"] == "sqlite:////tmp/from-the-local-secret-store.db"
+    assert ran["env"]["STEP_OUTPUT_URI"] == f"file://{tmp_path}/artifacts/runs/ml_model_training/" \
+        "manual__2026-01-04T03:00:00+00:00/probe"
+    unexpected = set(ran["env"]) - {v.name for v in container.env} - {"PATH", "LANG", "LC_ALL", "TZ",
+                                                                      "SSL_CERT_FILE", "VIRTUAL_ENV", "LC_CTYPE"}
+    assert not unexpected, f"the local runtime leaked host env into the step: {sorted(unexpected)[:10]}"
+
+
+def test_local_runtime_failure_names_the_step(monkeypatch, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from mlplatform.render import _sample_context
+    from mlplatform.steps import FEATURES, step
+
+    monkeypatch.setenv("PIPELINE_RUNTIME", "local")
+    monkeypatch.setenv("ARTIFACT_ROOT", f"file://{tmp_path}")
+    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["ml_model_training"]
+    operator = step("failing_probe", FEATURES, [], cmds=["python", "-c", "import sys; sys.exit(3)"])
+    with pytest.raises(RuntimeError, match="failing_probe.*exited with 3"):
+        operator.execute(_sample_context(dag, "failing_probe", -1))
