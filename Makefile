@@ -92,5 +92,17 @@ RENDER_ENV := PIPELINE_RUNTIME=kubernetes ARTIFACT_ROOT=s3://mlplatform/artifact
 	MLFLOW_TRACKING_URI=http://mlplatform-mlflow:5000 OBJECT_STORE_SECRET_NAME=mlplatform-object-store
 
 render: airflow-db ## Write every pod the DAGs launch and the rendered chart as YAML under build/render/
-	rm -rf build/render/pods
+	rm -rf build/render
 	env $(RENDER_ENV) $(BIN)/python -m mlplatform.render_cli --out build/render/pods
+	$(BIN)/python helm/render_chart.py --out build/render
+
+# One version source: the root pyproject's version tags every image and is the chart's appVersion.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+
+images: ## Build the features, trainer and Airflow images (needs a Docker engine)
+	docker build -f images/features/Dockerfile -t mlplatform/features:$(VERSION) .
+	docker build -f images/trainer/Dockerfile -t mlplatform/trainer:$(VERSION) .
+	docker build -f images/airflow/Dockerfile -t mlplatform/airflow:$(VERSION) .
+
+kind-test: ## Whole system on a local kind cluster: build, install the chart, train, check the champion
+	kind/kind-test.sh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 
@@ -38,7 +39,7 @@ def decide_promotion(
     def decision(promote: bool, reason: str) -> PromotionDecision:
         return PromotionDecision(promote, reason, metric, challenger, champion, threshold, margin)
 
-    if challenger != challenger:  # NaN never promotes
+    if math.isnan(challenger):  # NaN never promotes
         return decision(False, f"challenger {metric} is NaN")
     if challenger < threshold:
         return decision(False, f"challenger {metric} {challenger:.4f} is below the threshold {threshold:.4f}")

@@ -92,11 +92,11 @@ def load_settings() -> Settings:
         registered_model_name=os.environ.get("REGISTERED_MODEL_NAME", "customer-churn"),
         namespace=os.environ.get("K8S_NAMESPACE", "mlplatform"),
         features_image=image_ref(
-            os.environ.get("FEATURES_IMAGE", f"mlplatform-features:{version}"),
+            os.environ.get("FEATURES_IMAGE", f"mlplatform/features:{version}"),
             os.environ.get("FEATURES_IMAGE_DIGEST", ""),
         ),
         trainer_image=image_ref(
-            os.environ.get("TRAINER_IMAGE", f"mlplatform-trainer:{version}"),
+            os.environ.get("TRAINER_IMAGE", f"mlplatform/trainer:{version}"),
             os.environ.get("TRAINER_IMAGE_DIGEST", ""),
         ),
         image_pull_policy=os.environ.get("IMAGE_PULL_POLICY", "IfNotPresent"),

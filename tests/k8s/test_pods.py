@@ -139,7 +139,7 @@ def test_commands_are_the_image_clis(cluster_pods):
         container = pod["spec"]["containers"][0]
         module = "trainer" if task in GPU_STEPS | {"evaluate"} else "features"
         assert container["command"] == ["python", "-m", module]
-        assert container["image"].startswith(f"mlplatform-{module}")
+        assert container["image"].startswith(f"mlplatform/{module}:")
         assert container["args"][0] in {"extract", "validate-raw", "build", "validate-features", "trial", "train",
                                          "evaluate"}
     evaluate = cluster_pods[("ml_model_training", "evaluate")]["spec"]["containers"][0]["args"]
