@@ -144,7 +144,6 @@ def ml_model_training():
             "--max-rounds", "{{ params.max_boost_rounds }}",
             "--model-name", SETTINGS.registered_model_name,
             "--validations", step_dir("validate_raw"), step_dir("validate_features"),
-            "--extract", step_dir("extract"),
         ],
     )
     evaluate = step(

@@ -1,0 +1,214 @@
+"""`trainer train`: the final fit, logged to MLflow and registered as the `challenger`.
+
+Idempotent per pipeline run: the version is tagged ``pipeline_run_key = {dag_id}/{run_id}``; when the
+task is retried and a version with that key exists, nothing is refitted or registered again: the alias
+is re-set and the manifest stored with that version's run is written again.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from features import io
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+
+from trainer import model, plots, tracking
+from trainer.data import load_snapshot
+from trainer.metrics import THRESHOLD, classification_metrics
+from trainer.predict import model_frame
+
+log = logging.getLogger(__name__)
+
+MANIFEST_ARTIFACT = "trainer/manifest.json"
+INPUT_EXAMPLE_ROWS = 5
+
+
+def run_train(
+    features_dir: str,
+    params: dict[str, Any],
+    seed: int,
+    model_name: str,
+    out: str,
+    validations: list[str] | tuple[str, ...] = (),
+    device: str = "cpu",
+    log_every: int = 100,
+) -> dict[str, Any]:
+    lineage = tracking.Lineage.from_env()
+    tracking.use_experiment()
+    client = MlflowClient()
+
+    run_key = lineage.pipeline_run_key
+    if run_key is None:
+        log.warning("PIPELINE_DAG_ID/PIPELINE_RUN_ID not set: reruns cannot reuse the registered version")
+    else:
+        existing = tracking.find_version_by_run_key(client, model_name, run_key)
+        if existing is not None:
+            return _reuse(client, existing, out)
+
+    started = time.perf_counter()
+    snapshot = load_snapshot(features_dir)
+    columns = snapshot.feature_columns
+    train, valid, test = snapshot["train"], snapshot["valid"], snapshot["test"]
+    result = model.fit(
+        (train.features(columns), train.label),
+        (valid.features(columns), valid.label),
+        columns,
+        params,
+        seed=seed,
+        device=device,
+        log_every=log_every,
+        label="final fit",
+    )
+    scores = {
+        s.name: model.predict_proba(result.booster, s.features(columns), columns) for s in (valid, test)
+    }
+    metrics: dict[str, float] = {"best_iteration": result.best_iteration, "rounds": result.rounds}
+    for split in (valid, test):
+        for key, value in classification_metrics(split.label, scores[split.name]).items():
+            if key != "threshold":
+                metrics[f"{split.name}_{key}"] = value
+    log.info("valid-auc=%.4f test-auc=%.4f", metrics["valid_auc"], metrics["test_auc"])
+
+    figures = _figures(result, {s.name: (s.label, scores[s.name]) for s in (valid, test)})
+    for name, png in figures.items():
+        io.atomic_write_bytes(io.join_uri(out, "plots", name), png)
+
+    tags = {**lineage.tags(), **tracking.data_lineage_tags(snapshot.build_manifest), "seed": str(seed)}
+    logged_params = {
+        **result.params,
+        "seed": seed,
+        "device": device,
+        "objective": model.OBJECTIVE,
+        "tree_method": "hist",
+        "n_features": len(columns),
+        "snapshot_hash": snapshot.snapshot_hash,
+        **{f"rows_{s.name}": len(s) for s in (train, valid, test)},
+    }
+    example = model_frame(train.frame.head(INPUT_EXAMPLE_ROWS), columns)
+    signature = infer_signature(example, model.predict_proba(result.booster, example.to_numpy(), columns))
+
+    run_name = f"train {run_key}" if run_key else f"train {snapshot.snapshot_hash[:12]}"
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        mlflow.log_params(logged_params)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_metric("fit_seconds", result.seconds)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, png in figures.items():
+                (Path(tmp) / name).write_bytes(png)
+            mlflow.log_artifacts(tmp, "plots")
+        for name, directory in _validation_dirs(validations).items():
+            _log_validation(name, directory)
+        info = mlflow.xgboost.log_model(
+            result.booster,
+            name="model",
+            signature=signature,
+            input_example=example,
+            model_format="ubj",
+            pip_requirements=_pip_requirements(),
+            tags=tags,
+        )
+        # Everything but the version number is stored with the run *before* registering, so a retry
+        # that finds the registered version can always rebuild the same manifest (see _reuse).
+        manifest = {
+            "step": "train",
+            "model_name": model_name,
+            "logged_model_uri": info.model_uri,
+            "mlflow_run_id": run.info.run_id,
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "threshold": THRESHOLD,
+            "params": result.params,
+            "seed": seed,
+            "device": device,
+            "best_iteration": result.best_iteration,
+            "feature_columns": columns,
+            "snapshot_hash": snapshot.snapshot_hash,
+            "pipeline_run_key": run_key,
+            "plots_uri": io.join_uri(out, "plots"),
+            "fit_seconds": round(result.seconds, 3),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        mlflow.log_dict(manifest, MANIFEST_ARTIFACT)
+        version = mlflow.register_model(info.model_uri, model_name, tags=tags)
+        client.set_registered_model_alias(model_name, tracking.CHALLENGER, str(version.version))
+        log.info("registered %s version %s as @%s", model_name, version.version, tracking.CHALLENGER)
+    manifest = _with_version(manifest, model_name, version.version)
+    io.write_manifest(out, manifest)
+    return manifest
+
+
+def _reuse(client: MlflowClient, version, out: str) -> dict[str, Any]:
+    """A rerun of a task that already registered its version: re-point the alias, rewrite the manifest."""
+    log.info(
+        "%s version %s already registered for %s: reusing it, not training again",
+        version.name,
+        version.version,
+        version.tags.get(tracking.RUN_KEY_TAG),
+    )
+    client.set_registered_model_alias(version.name, tracking.CHALLENGER, str(version.version))
+    stored = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{MANIFEST_ARTIFACT}")
+    manifest = _with_version(stored, version.name, version.version)
+    io.write_manifest(out, manifest)
+    return manifest
+
+
+def _with_version(manifest: dict[str, Any], model_name: str, version: str | int) -> dict[str, Any]:
+    uri = tracking.model_uri(model_name, version)
+    return {
+        **manifest,
+        "outputs": {"model": uri, "plots": manifest["plots_uri"]},
+        "model_version": str(version),
+        "model_uri": uri,
+    }
+
+
+def _figures(result: model.FitResult, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, bytes]:
+    gain = result.booster.get_score(importance_type="total_gain")
+    y_test, s_test = curves["test"]
+    return {
+        "roc.png": plots.roc_curve(curves),
+        "pr.png": plots.pr_curve(curves),
+        "feature_importance.png": plots.feature_importance(gain),
+        "confusion_matrix.png": plots.confusion_matrix(y_test, s_test, THRESHOLD, "test"),
+    }
+
+
+def _validation_dirs(validations: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Artifact folder name per validation step dir: its last path part, made unique."""
+    named: dict[str, str] = {}
+    for directory in validations:
+        base = directory.rstrip("/").rsplit("/", 1)[-1] or "validation"
+        name, n = base, 1
+        while name in named:
+            n += 1
+            name = f"{base}_{n}"
+        named[name] = directory
+    return named
+
+
+def _log_validation(name: str, directory: str) -> None:
+    """Copy a GX validation step's outputs (manifest, results JSON) into the run as artifacts."""
+    manifest = io.read_manifest(directory)  # fails loudly if the gate did not finish
+    if "success" in manifest:
+        mlflow.set_tag(f"validation.{name}.success", str(bool(manifest["success"])).lower())
+    fs, root = io.filesystem(directory)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in fs.find(root):
+            relative = Path(path).relative_to(Path(root))
+            target = Path(tmp) / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(target))
+        mlflow.log_artifacts(tmp, f"validations/{name}")
+    log.info("logged validation results of %s", name)
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned serving requirements (explicit: MLflow's inference would re-import the model, ~6 s)."""
+    return [f"{package}=={metadata.version(package)}" for package in ("xgboost", "numpy", "pandas")]

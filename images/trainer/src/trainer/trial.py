@@ -1,0 +1,63 @@
+"""`trainer trial`: one hyperparameter set, fitted on train and scored on valid.
+
+Trials do not touch MLflow. They run as many parallel mapped tasks; as MLflow runs they would only
+clutter the experiment with models nobody registers, and nesting them under one parent run would need
+a parent created before the fan-out. The manifests hold everything the pick-best step needs, and the
+final fit logs the winning parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from features import io
+
+from trainer import model
+from trainer.data import load_snapshot
+
+log = logging.getLogger(__name__)
+
+
+def run_trial(
+    features_dir: str,
+    params: dict[str, Any],
+    seed: int,
+    out: str,
+    device: str = "cpu",
+    log_every: int = 100,
+    label: str = "trial",
+    trial_index: int | None = None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    snapshot = load_snapshot(features_dir, splits=("train", "valid"))
+    columns = snapshot.feature_columns
+    train, valid = snapshot["train"], snapshot["valid"]
+    result = model.fit(
+        (train.features(columns), train.label),
+        (valid.features(columns), valid.label),
+        columns,
+        params,
+        seed=seed,
+        device=device,
+        log_every=log_every,
+        label=label,
+    )
+    manifest = {
+        "step": "trial",
+        "outputs": {},
+        "params": result.params,
+        "seed": seed,
+        "trial_index": trial_index,
+        "valid_auc": result.valid_auc,
+        "best_iteration": result.best_iteration,
+        "rounds": result.rounds,
+        "device": device,
+        "snapshot_hash": snapshot.snapshot_hash,
+        "rows": {"train": len(train), "valid": len(valid)},
+        "fit_seconds": round(result.seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    io.write_manifest(out, manifest)
+    return manifest
