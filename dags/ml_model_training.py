@@ -83,10 +83,11 @@ def ml_model_training():
         FEATURES,
         [
             "extract",
-            "--events-table", "{{ params.events_table }}",
-            "--events-query", "{{ params.events_query }}",
-            "--labels-table", "{{ params.labels_table }}",
-            "--labels-query", "{{ params.labels_query }}",
+            # A query, when given, replaces the table (the CLI accepts one or the other).
+            "{{ '--events-query' if params.events_query else '--events-table' }}",
+            "{{ params.events_query or params.events_table }}",
+            "{{ '--labels-query' if params.labels_query else '--labels-table' }}",
+            "{{ params.labels_query or params.labels_table }}",
             "--entities-table", "{{ params.entities_table }}",
             "--entity-key", "{{ params.entity_key }}",
             "--timestamp-column", "{{ params.timestamp_column }}",
