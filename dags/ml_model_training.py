@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Param, TriggerRule, chain, dag, task
 
+from mlplatform.alerts import dag_failure_alert, task_failure_alert
 from mlplatform.settings import load_settings
 from mlplatform.steps import FEATURES, TRAINER_CPU, TRAINER_GPU, mapped_step, step, step_dir
 
@@ -44,7 +45,13 @@ def step_manifest(dag_id: str, run_id: str, task_id: str) -> dict:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["ml", "training", "customer-churn"],
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=2)},
+    default_args={
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "on_failure_callback": task_failure_alert,
+    },
+    on_failure_callback=dag_failure_alert,
     user_defined_macros={"step_manifest": step_manifest},
     render_template_as_native_obj=False,
     params={
@@ -96,17 +103,21 @@ def ml_model_training():
             "--cutoff", "{{ params.cutoff }}",
         ],
     )
+    # Gates do not retry: bad data stays bad, and a retry only delays the alert.
     validate_raw = step(
         "validate_raw",
         FEATURES,
         ["validate-raw", "--extract", step_dir("extract"), "--min-rows", "{{ params.min_event_rows }}"],
+        retries=0,
     )
     build_features = step(
         "build_features",
         FEATURES,
         ["build", "--extract", step_dir("extract"), "--snapshot-root", f"{SETTINGS.artifact_root}/features"],
     )
-    validate_features = step("validate_features", FEATURES, ["validate-features", "--features", step_dir("build_features")])
+    validate_features = step(
+        "validate_features", FEATURES, ["validate-features", "--features", step_dir("build_features")], retries=0
+    )
 
     @task
     def plan_trials(params=None, dag=None, run_id=None) -> list[list[str]]:
