@@ -107,7 +107,7 @@ def ml_model_training():
     validate_raw = step(
         "validate_raw",
         FEATURES,
-        ["validate-raw", "--extract", step_dir("extract"), "--min-rows", "{{ params.min_event_rows }}"],
+        ["validate-raw", "--extract", step_dir("extract"), "--min-events", "{{ params.min_event_rows }}"],
         retries=0,
     )
     build_features = step(
