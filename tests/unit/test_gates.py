@@ -1,0 +1,197 @@
+"""Great Expectations gates: good data passes; each corruption fails naming expectation and column."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from features import io, synth
+from features.extract import extract
+from features.gates import GateFailed, validate_features, validate_raw
+
+CUTOFF = datetime(2026, 9, 1)
+
+
+@pytest.fixture(scope="module")
+def good_extract(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("raw")
+    uri = f"sqlite:///{root / 'wh.db'}"
+    synth.generate(synth.SynthConfig(customers=400), uri)
+    extract(uri, str(root / "extract"), cutoff=CUTOFF)
+    from features.extract import ExtractSource
+
+    extract(uri, str(root / "with_entities"), ExtractSource(entities_table="customers"), cutoff=CUTOFF)
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    """A copy of an extract whose manifest points at the copy."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["outputs"] = {k: v.replace(str(src), str(dst)) for k, v in manifest["outputs"].items()}
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def _corrupt(path: Path, **columns: pl.Expr) -> None:
+    frame = pl.read_parquet(path)
+    frame.with_columns(**columns).write_parquet(path)
+
+
+def _row(i: int, value, otherwise: str) -> pl.Expr:
+    return pl.when(pl.int_range(pl.len()) == i).then(value).otherwise(pl.col(otherwise))
+
+
+def test_good_raw_data_passes(good_extract, tmp_path):
+    manifest = validate_raw(str(good_extract / "with_entities"), str(tmp_path / "gate"))
+    assert manifest["success"] is True and manifest["failures"] == []
+    assert (
+        manifest["rows"]["events"] == io.read_manifest(str(good_extract / "with_entities"))["rows"]["events"]
+    )
+    results = json.loads((tmp_path / "gate" / "validation.json").read_text())
+    assert set(results) == {"events", "labels", "entities"} and all(r["success"] for r in results.values())
+    assert io.read_manifest(str(tmp_path / "gate"))["results_uri"].endswith("validation.json")
+
+
+def test_corrupt_raw_data_fails_naming_expectation_and_column(good_extract, tmp_path):
+    bad = _copy(good_extract / "extract", tmp_path / "bad")
+    part = bad / "events" / "part-00000.parquet"
+    _corrupt(part, entity_id=_row(3, None, "entity_id"), amount=_row(5, -1.0, "amount"))
+    _corrupt(bad / "labels.parquet", label=_row(2, 2, "label").cast(pl.Int8))
+    with pytest.raises(GateFailed) as failed:
+        validate_raw(str(bad), str(tmp_path / "gate"))
+    message = str(failed.value)
+    assert "expect_column_values_to_not_be_null on entity_id" in message
+    assert "expect_column_values_to_be_between on amount" in message
+    assert "expect_column_values_to_be_in_set on label" in message
+    manifest = io.read_manifest(str(tmp_path / "gate"))
+    assert manifest["success"] is False
+    assert {(f["dataset"], f["expectation"], f["column"]) for f in manifest["failures"]} == {
+        ("events", "expect_column_values_to_not_be_null", "entity_id"),
+        ("events", "expect_column_values_to_be_between", "amount"),
+        ("labels", "expect_column_values_to_be_in_set", "label"),
+    }
+    amount = next(f for f in manifest["failures"] if f["column"] == "amount")
+    assert amount["observed"]["unexpected_count"] == 1
+
+
+def test_empty_labels_fail(good_extract, tmp_path):
+    bad = _copy(good_extract / "extract", tmp_path / "bad")
+    pl.read_parquet(bad / "labels.parquet").head(0).write_parquet(bad / "labels.parquet")
+    with pytest.raises(GateFailed, match="labels: expect_table_row_count_to_be_between on table"):
+        validate_raw(str(bad), str(tmp_path / "gate"))
+
+
+def test_events_after_cutoff_and_duplicate_labels_fail(good_extract, tmp_path):
+    bad = _copy(good_extract / "extract", tmp_path / "bad")
+    _corrupt(bad / "events" / "part-00000.parquet", event_ts=_row(0, datetime(2026, 9, 2), "event_ts"))
+    labels = pl.read_parquet(bad / "labels.parquet")
+    pl.concat([labels, labels.head(1)]).write_parquet(bad / "labels.parquet")
+    with pytest.raises(GateFailed) as failed:
+        validate_raw(str(bad), str(tmp_path / "gate"))
+    assert "expect_column_values_to_be_between on event_ts" in str(failed.value)
+    assert "expect_compound_columns_to_be_unique on ['entity_id', 'snapshot_ts']" in str(failed.value)
+
+
+def test_too_few_events_fails(good_extract, tmp_path):
+    with pytest.raises(GateFailed, match="events: expect_table_row_count_to_be_between"):
+        validate_raw(str(good_extract / "extract"), str(tmp_path / "gate"), min_events=10**9)
+
+
+# --- gate 2 ------------------------------------------------------------------------------------------
+
+FEATURES = ["events_30d", "days_since_last_event", "support_share_90d", "spend_trend"]
+
+
+def _snapshot(tmp_path: Path, **overrides: pl.DataFrame) -> Path:
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    rows = {}
+    for i, split in enumerate(("train", "valid", "test")):
+        n = 50 * (3 - i)
+        frame = overrides.get(split)
+        if frame is None:
+            frame = pl.DataFrame(
+                {
+                    "entity_id": [f"C{j:05d}" for j in range(n)],
+                    "snapshot_ts": [datetime(2026, 8, 1 + i)] * n,
+                    "label": [j % 4 == 0 for j in range(n)],
+                    "events_30d": [float(j % 7) for j in range(n)],
+                    "days_since_last_event": [float(j) for j in range(n)],
+                    "support_share_90d": [(j % 10) / 10 for j in range(n)],
+                    "spend_trend": [(-1.0) ** j for j in range(n)],
+                }
+            ).with_columns(pl.col("label").cast(pl.Int8))
+        frame.write_parquet(snapshot / f"{split}.parquet")
+        rows[split] = frame.height
+    io.write_manifest(str(snapshot), {"snapshot_hash": "abc", "feature_columns": FEATURES, "rows": rows})
+    build = tmp_path / "build"
+    io.write_manifest(
+        str(build), {"step": "build", "snapshot_uri": str(snapshot), "snapshot_hash": "abc", "reused": False}
+    )
+    return build
+
+
+def test_good_features_pass(tmp_path):
+    manifest = validate_features(str(_snapshot(tmp_path)), str(tmp_path / "gate"))
+    assert manifest["success"] is True
+    assert manifest["rows"] == {"train": 150, "valid": 100, "test": 50}
+    assert manifest["feature_columns"] == FEATURES
+
+
+def _valid_with(**changes) -> pl.DataFrame:
+    n = 100
+    base = pl.DataFrame(
+        {
+            "entity_id": [f"C{j:05d}" for j in range(n)],
+            "snapshot_ts": [datetime(2026, 8, 2)] * n,
+            "label": pl.Series([j % 4 == 0 for j in range(n)]).cast(pl.Int8),
+            "events_30d": [float(j % 7) for j in range(n)],
+            "days_since_last_event": [float(j) for j in range(n)],
+            "support_share_90d": [(j % 10) / 10 for j in range(n)],
+            "spend_trend": [1.0] * n,
+        }
+    )
+    return base.with_columns(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"spend_trend": _row(4, float("inf"), "spend_trend")},
+            "expect_column_values_to_be_between on spend_trend",
+        ),
+        ({"events_30d": _row(1, None, "events_30d")}, "expect_column_values_to_not_be_null on events_30d"),
+        (
+            {"days_since_last_event": _row(1, float("nan"), "days_since_last_event")},
+            "expect_column_values_to_not_be_null on days_since_last_event",
+        ),
+        ({"events_30d": _row(1, -2.0, "events_30d")}, "expect_column_values_to_be_between on events_30d"),
+        (
+            {"support_share_90d": _row(1, 1.5, "support_share_90d")},
+            "expect_column_values_to_be_between on support_share_90d",
+        ),
+        ({"label": _row(0, 3, "label").cast(pl.Int8)}, "expect_column_values_to_be_in_set on label"),
+    ],
+)
+def test_bad_features_fail_naming_expectation_and_column(tmp_path, changes, expected):
+    build = _snapshot(tmp_path, valid=_valid_with(**changes))
+    with pytest.raises(GateFailed) as failed:
+        validate_features(str(build), str(tmp_path / "gate"))
+    assert f"valid: {expected}" in str(failed.value)
+    assert io.read_manifest(str(tmp_path / "gate"))["success"] is False
+
+
+def test_empty_split_and_missing_feature_fail(tmp_path):
+    build = _snapshot(tmp_path, test=_valid_with().head(0).drop("spend_trend"))
+    with pytest.raises(GateFailed) as failed:
+        validate_features(str(build), str(tmp_path / "gate"))
+    assert "test: expect_table_row_count_to_be_between on table" in str(failed.value)
+    assert "test: expect_table_columns_to_match_set on ['entity_id', 'snapshot_ts', 'label'" in str(
+        failed.value
+    )
