@@ -61,7 +61,7 @@ pools: airflow-db ## Create the Airflow pools the DAGs use
 
 run: seed pools ## Set up, run the training pipeline once on the embedded default, print a summary
 	@echo "== running ml_model_training (task logs: $(AIRFLOW_HOME)/dags-test.log)"
-	@$(BIN)/airflow dags test ml_model_training > $(AIRFLOW_HOME)/dags-test.log 2>&1 \
+	@TASK_RETRIES=$${TASK_RETRIES:-0} $(BIN)/airflow dags test ml_model_training > $(AIRFLOW_HOME)/dags-test.log 2>&1 \
 		|| (grep -E "ERROR|Error|error|failed" $(AIRFLOW_HOME)/dags-test.log | tail -30; \
 		    echo "the run failed: full log in $(AIRFLOW_HOME)/dags-test.log"; exit 1)
 	@$(BIN)/python -m mlplatform.cli summary

@@ -47,7 +47,7 @@ def step_manifest(dag_id: str, run_id: str, task_id: str) -> dict:
     tags=["ml", "training", "customer-churn"],
     default_args={
         "owner": "ml-platform",
-        "retries": 2,
+        "retries": SETTINGS.task_retries,
         "retry_delay": timedelta(minutes=2),
         "on_failure_callback": task_failure_alert,
     },

@@ -39,6 +39,8 @@ def airflow_env(home: Path) -> dict[str, str]:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # A failing step should fail the test run now, not after retry delays.
+        "TASK_RETRIES": "0",
         "PYTHONPATH": str(REPO_ROOT / "dags"),
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
     }

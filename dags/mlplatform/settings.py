@@ -56,6 +56,7 @@ class Settings:
     gpus_per_trainer_pod: int = 1
     gpu_pool_slots: int = 1
     keep_failed_pods: bool = True
+    task_retries: int = 2
 
     @property
     def gpu_enabled(self) -> bool:
@@ -110,4 +111,5 @@ def load_settings() -> Settings:
         gpus_per_trainer_pod=_int("GPU_REQUEST", 1),
         gpu_pool_slots=_int("GPU_POOL_SLOTS", 1),
         keep_failed_pods=os.environ.get("KEEP_FAILED_PODS", "true").lower() in ("1", "true", "yes"),
+        task_retries=_int("TASK_RETRIES", 2),
     )

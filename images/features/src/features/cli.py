@@ -25,7 +25,10 @@ def _warehouse_uri(value: str | None) -> str:
     return uri
 
 
-def _timestamp(value: str) -> datetime:
+def _timestamp(value: str) -> datetime | None:
+    # An empty value (the DAG's default Param) means "no cutoff": all labelled snapshots.
+    if not value.strip():
+        return None
     try:
         return datetime.fromisoformat(value)
     except ValueError as error:
