@@ -10,6 +10,7 @@ Airflow-side tasks read it from storage (``read_step_manifest``).
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -250,6 +251,13 @@ class PipelineStepOperator(KubernetesPodOperator):
         super().__init__(**kwargs)
         self.runtime = runtime
         self._local_process: subprocess.Popen | None = None
+
+    def _do_render_template_fields(self, parent, template_fields, context, jinja_env, seen_oids) -> None:
+        # Templates inside V1EnvVar objects are rendered in place, and mapped instances share the partial's
+        # objects: without a private copy the first instance's output path would leak into the others.
+        if parent is self:
+            self.env_vars = copy.deepcopy(self.env_vars)
+        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
 
     def execute(self, context):
         if self.runtime == "kubernetes":
