@@ -19,20 +19,23 @@ from mlplatform.settings import load_settings, local_home
 DAG_ID = "ml_model_training"
 
 
-def _oracle_auc(warehouse_uri: str) -> float | None:
-    """The data generator records the best AUC any model could reach on the labels it drew."""
+def oracle_auc(warehouse_uri: str) -> float | None:
+    """The best test AUC any model could reach: the generator's oracle on the latest (test) snapshot."""
     import sqlalchemy as sa
 
     try:
         engine = sa.create_engine(warehouse_uri)
         with engine.connect() as connection:
             rows = dict(connection.execute(sa.text("SELECT key, value FROM dataset_meta")).all())
-    except Exception:  # a user's own warehouse has no generator metadata
+    except sa.exc.SQLAlchemyError:  # a user's own warehouse has no generator metadata
         return None
-    for key in ("oracle_auc_test", "oracle_auc_last_snapshot", "oracle_auc"):
-        if key in rows:
-            return float(rows[key])
-    return None
+    by_snapshot = json.loads(rows.get("oracle_auc_by_snapshot") or "{}")
+    if by_snapshot:
+        return float(by_snapshot[max(by_snapshot)])
+    return float(rows["oracle_auc"]) if "oracle_auc" in rows else None
+
+
+SUMMARY_METRICS = ("test_auc", "test_pr_auc", "test_log_loss", "test_brier", "valid_auc")
 
 
 def summary(_: argparse.Namespace) -> int:
@@ -48,20 +51,23 @@ def summary(_: argparse.Namespace) -> int:
     run = io.read_json(uri)
     decision, model, best = run["decision"], run["model"], run["best_trial"]
     metrics = model.get("metrics") or {}
-    oracle = _oracle_auc(os.environ.get("WAREHOUSE_URI", f"sqlite:///{local_home() / 'warehouse.db'}"))
+    oracle = oracle_auc(os.environ.get("WAREHOUSE_URI", f"sqlite:///{local_home() / 'warehouse.db'}"))
     test_auc = metrics.get("test_auc")
     lines = [
         f"run            {run['dag_id']} / {run['run_id']}",
-        f"rows           extracted {run['rows']['extracted']}  features {run['rows']['features']}",
+        "rows           extracted " + ", ".join(f"{k} {v:,}" for k, v in (run["rows"]["extracted"] or {}).items())
+        + "; features " + ", ".join(f"{k} {v:,}" for k, v in (run["rows"]["features"] or {}).items()),
         "gates          " + "  ".join(
             f"{name}: {'passed' if gate['success'] else 'FAILED'}" for name, gate in run["gates"].items()
         ),
         f"snapshot       {run['snapshot']['hash'][:12]}… ({'reused' if run['snapshot']['reused'] else 'built'})",
         f"best trial     #{best['trial']} valid AUC {best['valid_auc']:.4f} params {json.dumps(best['params'])}",
-        f"metrics        " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float)),
+        "metrics        " + "  ".join(f"{k} {metrics[k]:.4f}" for k in SUMMARY_METRICS if k in metrics),
     ]
     if oracle and test_auc:
-        lines.append(f"vs oracle      test AUC {test_auc:.4f} / oracle AUC {oracle:.4f} = {test_auc / oracle:.3f}")
+        lines.append(
+            f"vs oracle      test AUC {test_auc:.4f} / generator's oracle AUC {oracle:.4f} = {test_auc / oracle:.3f}"
+        )
     lines += [
         f"decision       {'PROMOTED' if decision['promote'] else 'rejected'}: {decision['reason']}",
         f"model          {model['uri']}  (champion is now version {run['champion_version']})",

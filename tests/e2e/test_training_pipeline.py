@@ -83,9 +83,9 @@ def latest_summary(env) -> dict:
 
 
 def oracle_auc(env) -> float:
-    db = env["WAREHOUSE_URI"].removeprefix("sqlite:///")
-    rows = dict(sqlite3.connect(db).execute("SELECT key, value FROM dataset_meta").fetchall())
-    return float(rows.get("oracle_auc_test") or rows["oracle_auc"])
+    from mlplatform.cli import oracle_auc as generator_oracle_auc
+
+    return generator_oracle_auc(env["WAREHOUSE_URI"])
 
 
 @pytest.fixture(scope="module")
