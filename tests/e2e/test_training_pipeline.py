@@ -4,16 +4,13 @@ running its rendered pod, a real MLflow tracking server, a real SQL warehouse.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from support import BIN, airflow_env
+from e2e_helpers import make_platform, run_dag
 
 pytestmark = pytest.mark.e2e
 
@@ -24,38 +21,12 @@ FAST = {"n_trials": 3, "max_boost_rounds": 400}
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory, mlflow_server, airflow_home):
-    home = tmp_path_factory.mktemp("platform")
-    env = {
-        **os.environ,
-        **airflow_env(airflow_home),
-        "MLPLATFORM_HOME": str(home),
-        "PIPELINE_RUNTIME": "local",
-        "ARTIFACT_ROOT": f"file://{home}/artifacts",
-        "WAREHOUSE_URI": f"sqlite:///{home}/warehouse.db",
-        "MLFLOW_TRACKING_URI": mlflow_server,
-        "REGISTERED_MODEL_NAME": MODEL_NAME,
-        "MLFLOW_EXPERIMENT_NAME": "e2e",
-    }
-    subprocess.run(
-        [sys.executable, "-m", "features", "seed", "--customers", "3000", "--events-per-customer", "30",
-         "--seed", "7"],
-        env=env, check=True, capture_output=True, text=True,
-    )
-    return env
+    return make_platform(tmp_path_factory.mktemp("platform"), mlflow_url=mlflow_server, airflow_home=airflow_home,
+                         model_name=MODEL_NAME)
 
 
 def run_training(env: dict, conf: dict) -> tuple[str, str]:
-    """Run the DAG once; return its final state (from the metadata DB) and the log."""
-    result = subprocess.run(
-        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )
-    runs = subprocess.run(
-        [str(BIN / "airflow"), "dags", "list-runs", DAG_ID, "-o", "json"],
-        env=env, capture_output=True, text=True, check=True,
-    )
-    latest = max(json.loads(runs.stdout), key=lambda run: run["start_date"] or "")
-    return latest["state"], result.stdout + result.stderr
+    return run_dag(env, DAG_ID, conf)
 
 
 def client(env):
