@@ -40,5 +40,7 @@ def run_dag(env: dict, dag_id: str, conf: dict | None = None, logical_date: str 
                             timeout=1200)
     runs = subprocess.run([str(BIN / "airflow"), "dags", "list-runs", dag_id, "-o", "json"], env=env,
                           capture_output=True, text=True, check=True)
-    latest = max(json.loads(runs.stdout), key=lambda run: run["start_date"] or "")
+    # Airflow may log warnings before the JSON document: take the JSON line.
+    listing = next(line for line in reversed(runs.stdout.splitlines()) if line.startswith("["))
+    latest = max(json.loads(listing), key=lambda run: run["start_date"] or "")
     return latest["state"], result.stdout + result.stderr
