@@ -8,9 +8,9 @@ snapshot instants ``s`` and window starts ``s - w`` cut the time axis into a few
 put in its bucket (a binary search), and one streaming ``group_by(entity_id, bucket)`` reduces the 10 M+
 events to per-bucket partials (counts, fixed-point sums, maxima, first/last timestamps), sorted by
 (entity, bucket). Every window ``[s - w, s)`` of an entity is then a contiguous run of those rows, found
-by binary search: counts and sums are differences of exact integer prefix sums, maxima come from a
-sparse table (range-maximum query), first/last event times from the run's ends. No event is ever
-joined to a snapshot it could leak into, and there is no events x snapshots blow-up.
+by binary search: counts and sums are differences of exact integer prefix sums, maxima come from one
+vectorised range-maximum pass (``numpy.fmax.reduceat``), first/last event times from the run's ends.
+No event is ever joined to a snapshot it could leak into, and there is no events x snapshots blow-up.
 
 Rows without history get defaults, never nulls (see ``DEFAULTS_DOC``).
 """
@@ -70,7 +70,8 @@ class FeatureConfig:
     numeric_decimals: int = 6
     max_categories: int = 20
     entity_max_categories: int = 20
-    # trend: event rate in the last `recent` days vs the rate in the `base - recent` days before it.
+    # trend: event rate in the last `recent` days vs the rate in the `base - recent` days before it;
+    # computed only when both are among windows_days.
     trend_recent_days: int = 30
     trend_base_days: int = 90
 
@@ -81,6 +82,8 @@ class FeatureConfig:
         object.__setattr__(self, "windows_days", windows)
         object.__setattr__(self, "numeric_columns", tuple(self.numeric_columns))
         object.__setattr__(self, "categorical_columns", tuple(self.categorical_columns))
+        if not 0 <= self.numeric_decimals <= 9:
+            raise ValueError(f"numeric_decimals must be within [0, 9], got {self.numeric_decimals}")
         if not 0 < self.trend_recent_days < self.trend_base_days:
             raise ValueError("trend_recent_days must be positive and smaller than trend_base_days")
 
@@ -240,6 +243,13 @@ def compute_features(
         time.perf_counter() - started,
     )
     additive_names = [e.meta.output_name() for e in additive]
+    for col in numeric:  # the running totals below are int64 across all entities: refuse to overflow
+        magnitude = partials[f"{col}__sum"].cast(pl.Float64).abs().sum()
+        if magnitude >= 2**62:
+            raise ValueError(
+                f"numeric column {col!r}: total magnitude {magnitude / scale:.3g} is too large for fixed point "
+                f"with {config.numeric_decimals} decimals; lower FeatureConfig.numeric_decimals"
+            )
 
     # For each spine key and each boundary offset (0 = the snapshot, w = a window start): how many
     # partial rows lie before it. A window is then the row range [row(s - w), row(s)).
@@ -283,9 +293,9 @@ def compute_features(
         columns.update({_window_name(name, w): totals[name] for name in additive_names})
     columns["events_total"] = at_end["n"] - prefix["n"].gather(start)
     for col in numeric:
-        table = _SparseMax(partials[f"{col}__max"].fill_null(np.nan).to_numpy(), longest=stride)
+        values = partials[f"{col}__max"].fill_null(np.nan).to_numpy()
         for w in windows:
-            columns[f"{col}_max_{w}d"] = pl.Series(table.query(begins[w], end), nan_to_null=True)
+            columns[f"{col}_max_{w}d"] = pl.Series(_range_max(values, begins[w], end), nan_to_null=True)
     # Buckets are in time order, so the first event is in the entity's first row, the last one before
     # the snapshot in the row just before `end`.
     no_time = pl.Series([None] * lookup.height, dtype=pl.Datetime("us"))
@@ -303,31 +313,18 @@ def compute_features(
     return _finalise(features.lazy(), True, spine_columns, entities, config, categories, codes)
 
 
-class _SparseMax:
-    """Range-maximum queries (a sparse table): O(1) per query over ranges of at most ``longest`` items.
+def _range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``nanmax(values[lo[i]:hi[i]])`` for every i, NaN for an empty range, in one vectorised pass.
 
-    NaN is "no value"; an empty range or one with only NaNs gives NaN.
+    ``fmax.reduceat`` over the interleaved bounds (lo0, hi0, lo1, hi1, ...) reduces each [lo, hi) and, in
+    between, each [hi, next lo) (discarded); with the queries sorted that is about one sweep of the array.
     """
-
-    def __init__(self, values: np.ndarray, longest: int) -> None:
-        self.levels = [values.astype(np.float64)]
-        span = 1
-        while span * 2 <= min(len(values), longest):
-            previous = self.levels[-1]
-            self.levels.append(np.fmax(previous[:-span], previous[span:]))
-            span *= 2
-
-    def query(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        length = hi - lo
-        out = np.full(len(lo), np.nan)
-        nonempty = length > 0
-        level = np.zeros(len(lo), dtype=np.int64)
-        level[nonempty] = np.floor(np.log2(length[nonempty])).astype(np.int64)
-        for k, table in enumerate(self.levels):
-            pick = nonempty & (level == k)
-            if pick.any():
-                out[pick] = np.fmax(table[lo[pick]], table[hi[pick] - (1 << k)])
-        return out
+    padded = np.append(values.astype(np.float64), np.nan)  # so that hi == len(values) is a valid index
+    bounds = np.empty(2 * len(lo), dtype=np.intp)
+    bounds[0::2], bounds[1::2] = lo, hi
+    out = np.fmax.reduceat(padded, bounds)[0::2]
+    out[hi <= lo] = np.nan  # reduceat gives values[lo] for an empty range
+    return out
 
 
 def _window_name(partial: str, w: int) -> str:
@@ -507,7 +504,8 @@ def _build_snapshot(
         {k: len(v) for k, v in categories.items()},
         time.perf_counter() - started,
     )
-    table = compute_features(events, spine.lazy(), entities, config, categories).collect(engine="streaming")
+    # the events are streamed inside compute_features; what is left to collect is in memory already
+    table = compute_features(events, spine.lazy(), entities, config, categories).collect(engine="in-memory")
     columns = feature_columns(table)
     log.info(
         "computed %d features for %s rows in %.1f s",

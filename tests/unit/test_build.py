@@ -1,0 +1,414 @@
+"""Point-in-time feature engineering: hand-computed values, no leakage, time split, determinism, reuse."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from features import io
+from features.build import (
+    FEATURE_CODE_VERSION,
+    NEVER_DAYS,
+    FeatureConfig,
+    _range_max,
+    build_features,
+    compute_features,
+    feature_columns,
+    fit_categories,
+    split_dates,
+)
+
+D = datetime
+EVENT_SCHEMA = {
+    "entity_id": pl.String,
+    "event_ts": pl.Datetime("us"),
+    "event_type": pl.String,
+    "channel": pl.String,
+    "amount": pl.Float64,
+}
+SPINE_SCHEMA = {"entity_id": pl.String, "snapshot_ts": pl.Datetime("us"), "label": pl.Int8}
+
+
+def events_frame(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
+
+
+def spine_frame(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=SPINE_SCHEMA, orient="row")
+
+
+# ------------------------------------------------------------------------------------- hand-computed example
+
+HAND_EVENTS = events_frame(
+    [
+        ("a", D(2024, 1, 1), "x", "web", 1.0),
+        ("a", D(2024, 3, 1), "y", "app", 2.0),
+        ("a", D(2024, 3, 31), "x", "web", 3.0),
+        ("a", D(2024, 4, 1), "x", "app", 100.0),  # exactly at the April snapshot: must not count there
+        ("b", D(2024, 3, 31, 12), "x", "web", 5.0),
+        ("b", D(2024, 5, 1), "y", "web", 7.0),  # after every snapshot
+    ]
+)
+HAND_SPINE = spine_frame(
+    [
+        ("a", D(2024, 4, 1), 1),
+        ("b", D(2024, 4, 1), 0),
+        ("c", D(2024, 4, 1), 0),  # no history at all
+        ("a", D(2024, 3, 1), 1),
+    ]
+)
+HAND_ENTITIES = pl.DataFrame(
+    {
+        "entity_id": ["a", "b"],
+        "signup_ts": [D(2023, 1, 1), None],
+        "plan": ["pro", "basic"],
+        "seats": [3, None],
+    },
+    schema_overrides={"signup_ts": pl.Datetime("us")},
+)
+
+
+def hand_features() -> pl.DataFrame:
+    config = FeatureConfig()
+    categories = fit_categories(HAND_EVENTS.lazy(), HAND_ENTITIES.lazy(), config, before=D(2024, 4, 1))
+    return compute_features(
+        HAND_EVENTS.lazy(), HAND_SPINE.lazy(), HAND_ENTITIES.lazy(), config, categories
+    ).collect(engine="streaming")
+
+
+def row(frame: pl.DataFrame, entity: str, snapshot: datetime) -> dict:
+    match = frame.filter((pl.col("entity_id") == entity) & (pl.col("snapshot_ts") == snapshot))
+    assert match.height == 1
+    return match.row(0, named=True)
+
+
+def test_categories_are_sorted_top_values_before_the_cutoff():
+    config = FeatureConfig(max_categories=1)
+    categories = fit_categories(HAND_EVENTS.lazy(), None, config, before=D(2024, 4, 1))
+    # before the cutoff: x ×3, y ×1 ; web ×3, app ×1 → the most frequent one of each
+    assert categories == {"event_type": ["x"], "channel": ["web"]}
+    full = fit_categories(HAND_EVENTS.lazy(), HAND_ENTITIES.lazy(), FeatureConfig())
+    assert full == {"event_type": ["x", "y"], "channel": ["app", "web"], "entity.plan": ["basic", "pro"]}
+
+
+def test_hand_computed_values():
+    frame = hand_features()
+    assert frame.height == HAND_SPINE.height
+    assert frame.select("snapshot_ts", "entity_id").rows() == sorted(
+        HAND_SPINE.select("snapshot_ts", "entity_id").rows()
+    )
+
+    a_apr = row(frame, "a", D(2024, 4, 1))
+    expected = {
+        "label": 1,
+        # [Mar 25, Apr 1): the Mar 31 event only; the Apr 1 event is at the snapshot, excluded
+        "events_7d": 1,
+        "amount_sum_7d": 3.0,
+        "amount_mean_7d": 3.0,
+        "amount_max_7d": 3.0,
+        "event_type_x_7d": 1,
+        "event_type_y_7d": 0,
+        "channel_web_7d": 1,
+        "channel_app_7d": 0,
+        # [Mar 2, Apr 1): still only Mar 31 (Mar 1 is 31 days before)
+        "events_30d": 1,
+        # [Jan 2, Apr 1): Mar 1 and Mar 31
+        "events_90d": 2,
+        "amount_sum_90d": 5.0,
+        "amount_mean_90d": 2.5,
+        "amount_max_90d": 3.0,
+        "event_type_x_90d": 1,
+        "event_type_y_90d": 1,
+        "channel_app_90d": 1,
+        "channel_web_90d": 1,
+        "events_total": 3,
+        "days_since_last_event": 1.0,
+        "days_since_first_event": 91.0,  # 2024 is a leap year: 31 + 29 + 31
+        # (1 + 1) / (1 event in the prior 60 d scaled to 30 d = 0.5, + 1)
+        "events_trend_30d_vs_prior_60d": 2.0 / 1.5,
+        "days_since_signup": 456.0,
+        "plan_basic": 0,
+        "plan_pro": 1,
+        "seats": 3.0,
+    }
+    assert {k: a_apr[k] for k in expected} == pytest.approx(expected)
+
+    a_mar = row(frame, "a", D(2024, 3, 1))
+    assert a_mar["events_7d"] == 0 and a_mar["events_30d"] == 0
+    assert a_mar["events_90d"] == 1 and a_mar["amount_sum_90d"] == 1.0  # the Jan 1 event (Mar 1 is excluded)
+    assert a_mar["events_total"] == 1
+    assert a_mar["days_since_last_event"] == a_mar["days_since_first_event"] == 60.0
+    assert a_mar["events_trend_30d_vs_prior_60d"] == pytest.approx(1.0 / 1.5)
+
+    b_apr = row(frame, "b", D(2024, 4, 1))
+    assert b_apr["events_7d"] == 1 and b_apr["amount_max_7d"] == 5.0 and b_apr["events_total"] == 1
+    assert b_apr["days_since_last_event"] == 0.5  # fractional days
+    assert b_apr["days_since_signup"] == 0.0 and b_apr["seats"] == 0.0 and b_apr["plan_basic"] == 1
+
+
+def test_row_without_history_gets_documented_defaults():
+    c = row(hand_features(), "c", D(2024, 4, 1))
+    for name, value in c.items():
+        if (
+            name.startswith(("events_", "amount_", "event_type_", "channel_", "plan_"))
+            and "trend" not in name
+        ):
+            assert value == 0, name
+    assert c["days_since_last_event"] == NEVER_DAYS
+    assert c["days_since_first_event"] == 0.0
+    assert c["events_trend_30d_vs_prior_60d"] == 1.0
+    assert c["days_since_signup"] == 0.0 and c["seats"] == 0.0
+
+
+def test_empty_spine_keeps_the_schema():
+    config = FeatureConfig()
+    categories = fit_categories(HAND_EVENTS.lazy(), None, config)
+    empty = compute_features(
+        HAND_EVENTS.lazy(), HAND_SPINE.clear().lazy(), None, config, categories
+    ).collect()
+    full = compute_features(HAND_EVENTS.lazy(), HAND_SPINE.lazy(), None, config, categories).collect()
+    assert empty.height == 0
+    assert feature_columns(empty) == feature_columns(full)
+
+
+# ------------------------------------------------------------------------------------- synthetic extract
+
+SNAPSHOTS = [D(2024, 3, 1), D(2024, 4, 1), D(2024, 5, 1), D(2024, 6, 1)]
+
+
+def random_data(seed: int = 7, entities: int = 30, events: int = 1500) -> tuple[pl.DataFrame, ...]:
+    rng = np.random.default_rng(seed)
+    start = D(2023, 11, 1)
+    seconds = rng.integers(0, int((D(2024, 7, 1) - start).total_seconds()), events)
+    ids = [f"e{i:03d}" for i in rng.integers(0, entities, events)]
+    ev = pl.DataFrame(
+        {
+            "entity_id": ids,
+            "event_ts": [start + timedelta(seconds=int(s)) for s in seconds],
+            "event_type": rng.choice(["login", "purchase", "support", "view"], events).tolist(),
+            "channel": rng.choice(["app", "web", "email"], events).tolist(),
+            "amount": np.round(rng.gamma(2.0, 20.0, events), 2),
+        },
+        schema=EVENT_SCHEMA,
+    )
+    # a few events exactly at the snapshot instants
+    at = ev.head(len(SNAPSHOTS)).with_columns(event_ts=pl.Series(SNAPSHOTS, dtype=pl.Datetime("us")))
+    ev = pl.concat([ev, at])
+    spine = spine_frame(
+        [(f"e{i:03d}", s, int(rng.random() < 0.3)) for s in SNAPSHOTS for i in range(entities + 2)]
+    )  # two entities never have events
+    ents = pl.DataFrame(
+        {
+            "entity_id": [f"e{i:03d}" for i in range(entities)],
+            "signup_ts": [start - timedelta(days=int(d)) for d in rng.integers(0, 400, entities)],
+            "plan": rng.choice(["basic", "pro", "team"], entities).tolist(),
+            "region": rng.choice(["eu", "us"], entities).tolist(),
+        },
+        schema_overrides={"signup_ts": pl.Datetime("us")},
+    )
+    return ev, spine, ents
+
+
+def write_extract(directory, ev: pl.DataFrame, spine: pl.DataFrame, ents: pl.DataFrame | None) -> str:
+    os.makedirs(directory / "events", exist_ok=True)
+    half = ev.height // 2
+    files = []
+    for index, part in enumerate([ev[:half], ev[half:]]):
+        path = directory / "events" / f"part-{index:05d}.parquet"
+        part.write_parquet(path)
+        files.append(str(path))
+    spine.write_parquet(directory / "labels.parquet")
+    files.append(str(directory / "labels.parquet"))
+    if ents is not None:
+        ents.write_parquet(directory / "entities.parquet")
+        files.append(str(directory / "entities.parquet"))
+    dates = sorted({s.date().isoformat() for s in spine["snapshot_ts"].to_list()})
+    io.write_manifest(
+        str(directory),
+        {
+            "step": "extract",
+            "rows": {
+                "events": ev.height,
+                "labels": spine.height,
+                "entities": 0 if ents is None else ents.height,
+            },
+            "content_hash": io.hash_files(files),
+            "cutoff": SNAPSHOTS[-1].isoformat(),
+            "source": {"test": True},
+            "snapshots": dates,
+        },
+    )
+    return str(directory)
+
+
+def features_for(ev: pl.DataFrame, spine: pl.DataFrame, ents, categories) -> pl.DataFrame:
+    return compute_features(ev.lazy(), spine.lazy(), ents.lazy(), FeatureConfig(), categories).collect()
+
+
+def test_no_leakage_from_events_at_or_after_the_snapshot():
+    ev, spine, ents = random_data()
+    categories = fit_categories(ev.lazy(), ents.lazy(), FeatureConfig(), before=SNAPSHOTS[-1])
+    baseline = features_for(ev, spine, ents, categories)
+    rng = np.random.default_rng(1)
+    for s in SNAPSHOTS:
+        rows_at_s = spine.filter(pl.col("snapshot_ts") == s)
+        expected = baseline.filter(pl.col("snapshot_ts") == s)
+        # 1) only the past: drop every event at or after s
+        past_only = features_for(ev.filter(pl.col("event_ts") < s), rows_at_s, ents, categories)
+        assert past_only.equals(expected), f"features at {s} depend on events at or after it"
+        # 2) more future: add events at s and after it, for the same entities, with new extreme values
+        future = ev.sample(300, seed=int(rng.integers(1 << 30))).with_columns(
+            event_ts=pl.lit(s) + pl.duration(seconds=pl.int_range(0, 300) * 3_600),
+            amount=pl.lit(1e6),
+        )
+        future = pl.concat([future, future.head(20).with_columns(event_ts=pl.lit(s, pl.Datetime("us")))])
+        augmented = features_for(pl.concat([ev, future]), rows_at_s, ents, categories)
+        assert augmented.equals(expected), f"events at or after {s} leaked into its features"
+
+
+def test_events_after_the_cutoff_change_nothing(tmp_path):
+    ev, spine, ents = random_data()
+    late = ev.head(50).with_columns(event_ts=pl.col("event_ts") + timedelta(days=400))
+    assert late["event_ts"].min() >= SNAPSHOTS[-1]
+    first = build_features(
+        write_extract(tmp_path / "x1", ev, spine, ents), str(tmp_path / "o1"), str(tmp_path / "s")
+    )
+    second = build_features(
+        write_extract(tmp_path / "x2", pl.concat([ev, late]), spine, ents),
+        str(tmp_path / "o2"),
+        str(tmp_path / "s"),
+    )
+    assert first["snapshot_hash"] != second["snapshot_hash"]  # different extract content
+    for split in ("train", "valid", "test"):
+        a = pl.read_parquet(first["outputs"][split])
+        b = pl.read_parquet(second["outputs"][split])
+        assert a.equals(b), split
+
+
+def test_build_writes_a_time_split_snapshot_without_nulls(tmp_path):
+    ev, spine, ents = random_data()
+    extract = write_extract(tmp_path / "extract", ev, spine, ents)
+    manifest = build_features(extract, str(tmp_path / "out"), str(tmp_path / "snapshots"))
+
+    assert manifest["step"] == "build" and manifest["reused"] is False
+    assert manifest["snapshot_uri"] == io.join_uri(str(tmp_path / "snapshots"), manifest["snapshot_hash"])
+    assert io.read_manifest(str(tmp_path / "out")) == manifest
+    snapshot = io.read_manifest(manifest["snapshot_uri"])
+    for key in ("snapshot_hash", "feature_columns", "rows", "label_rate", "splits", "feature_config"):
+        assert snapshot[key] == manifest[key]
+    assert manifest["splits"] == {
+        "train": ["2024-03-01", "2024-04-01"],
+        "valid": ["2024-05-01"],
+        "test": ["2024-06-01"],
+    }
+
+    frames = {split: pl.read_parquet(uri) for split, uri in manifest["outputs"].items()}
+    assert max(frames["train"]["snapshot_ts"]) < min(frames["valid"]["snapshot_ts"])
+    assert max(frames["valid"]["snapshot_ts"]) < min(frames["test"]["snapshot_ts"])
+    assert sum(f.height for f in frames.values()) == spine.height
+    for split, frame in frames.items():
+        assert frame.columns[:3] == ["entity_id", "snapshot_ts", "label"]
+        assert frame.columns[3:] == manifest["feature_columns"]
+        assert manifest["rows"][split] == frame.height
+        assert manifest["label_rate"][split] == pytest.approx(frame["label"].mean())
+        assert frame.null_count().sum_horizontal().item() == 0, split
+        feats = frame.select(manifest["feature_columns"])
+        assert all(dtype.is_numeric() for dtype in feats.dtypes)
+        assert not feats.select(pl.all().cast(pl.Float64).is_infinite().any()).row(0).count(True)
+        # "days" features are never negative (no -1 sentinels: the features gate checks this)
+        assert min(frame.select(pl.col("^days_since_.*$").min()).row(0)) >= 0
+        assert frame.select("snapshot_ts", "entity_id").rows() == sorted(
+            frame.select("snapshot_ts", "entity_id").rows()
+        )
+    assert not [p for p in os.listdir(tmp_path / "snapshots") if p.startswith(".")]  # no staging left
+
+
+def test_same_inputs_give_the_same_hash_and_bytes(tmp_path):
+    ev, spine, ents = random_data()
+    first = build_features(
+        write_extract(tmp_path / "a", ev, spine, ents), str(tmp_path / "o1"), str(tmp_path / "r1")
+    )
+    second = build_features(
+        write_extract(tmp_path / "b", ev, spine, ents), str(tmp_path / "o2"), str(tmp_path / "r2")
+    )
+    assert first["snapshot_hash"] == second["snapshot_hash"]
+    for split in ("train", "valid", "test"):
+        with (
+            open(io.local_path(first["outputs"][split]), "rb") as a,
+            open(io.local_path(second["outputs"][split]), "rb") as b,
+        ):
+            assert a.read() == b.read(), split
+
+
+def test_hash_depends_on_config_and_code_version(tmp_path):
+    ev, spine, ents = random_data()
+    extract = write_extract(tmp_path / "x", ev, spine, ents)
+    default = build_features(extract, str(tmp_path / "o1"), str(tmp_path / "s"))
+    other = build_features(
+        extract, str(tmp_path / "o2"), str(tmp_path / "s"), FeatureConfig(windows_days=(14, 30, 90))
+    )
+    assert default["snapshot_hash"] != other["snapshot_hash"]
+    assert "events_14d" in other["feature_columns"] and "events_7d" not in other["feature_columns"]
+    assert FEATURE_CODE_VERSION
+
+
+def test_second_build_reuses_the_snapshot(tmp_path):
+    ev, spine, ents = random_data()
+    extract = write_extract(tmp_path / "extract", ev, spine, ents)
+    first = build_features(extract, str(tmp_path / "run1"), str(tmp_path / "snapshots"))
+    train = io.local_path(first["outputs"]["train"])
+    before = train.stat().st_mtime_ns
+    second = build_features(extract, str(tmp_path / "run2"), str(tmp_path / "snapshots"))
+    assert second["reused"] is True
+    assert second["snapshot_hash"] == first["snapshot_hash"]
+    assert train.stat().st_mtime_ns == before
+    assert {k: v for k, v in second.items() if k not in ("reused", "seconds")} == {
+        k: v for k, v in first.items() if k not in ("reused", "seconds")
+    }
+
+
+def test_a_snapshot_without_manifest_is_rebuilt(tmp_path):
+    ev, spine, ents = random_data()
+    extract = write_extract(tmp_path / "extract", ev, spine, ents)
+    first = build_features(extract, str(tmp_path / "run1"), str(tmp_path / "snapshots"))
+    os.remove(io.local_path(io.join_uri(first["snapshot_uri"], "manifest.json")))  # as if the build died
+    again = build_features(extract, str(tmp_path / "run2"), str(tmp_path / "snapshots"))
+    assert again["reused"] is False and again["rows"] == first["rows"]
+
+
+def test_build_without_entities(tmp_path):
+    ev, spine, _ = random_data()
+    manifest = build_features(
+        write_extract(tmp_path / "x", ev, spine, None), str(tmp_path / "o"), str(tmp_path / "s")
+    )
+    assert "days_since_signup" not in manifest["feature_columns"]
+    assert "events_total" in manifest["feature_columns"]
+
+
+def test_fewer_than_three_snapshot_dates_is_a_clear_error(tmp_path):
+    ev, spine, ents = random_data()
+    two = spine.filter(pl.col("snapshot_ts") >= SNAPSHOTS[-2])
+    with pytest.raises(ValueError, match="at least 3"):
+        build_features(write_extract(tmp_path / "x", ev, two, ents), str(tmp_path / "o"), str(tmp_path / "s"))
+    assert not io.exists(str(tmp_path / "o" / "manifest.json"))
+
+
+def test_range_max_matches_a_loop():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=200)
+    values[rng.random(200) < 0.2] = np.nan
+    lo = rng.integers(0, 201, 500)
+    hi = np.minimum(lo + rng.integers(0, 12, 500), 200)
+    expected = [
+        np.nan if h <= l or np.isnan(values[l:h]).all() else np.nanmax(values[l:h]) for l, h in zip(lo, hi)
+    ]
+    np.testing.assert_array_equal(_range_max(values, lo, hi), np.array(expected))
+
+
+def test_split_dates():
+    assert split_dates([3, 1, 2, 4, 4]) == {"train": [1, 2], "valid": [3], "test": [4]}
+    with pytest.raises(ValueError):
+        split_dates([1, 2])
