@@ -82,6 +82,13 @@ def step_manifest(dag_id: str, run_id: str, task_id: str) -> dict:
         "promotion_margin": Param(
             0.002, type="number", minimum=0.0, maximum=0.5, description="Test AUC the challenger must add."
         ),
+        "deploy_mode": Param(
+            "full",
+            enum=["full", "ab_test"],
+            description="full: a promoted model becomes champion and takes all traffic. ab_test: it serves "
+            "challenger_share of the traffic next to the champion until monitoring decides the test.",
+        ),
+        "challenger_share": Param(0.1, type="number", exclusiveMinimum=0.0, exclusiveMaximum=1.0),
     },
 )
 def ml_model_training():
@@ -194,8 +201,13 @@ def ml_model_training():
     decision = compare_models()
 
     @task.branch
-    def promote_or_reject(decision: dict) -> str:
-        return "promote" if decision["promote"] else "reject"
+    def promote_or_reject(decision: dict, params=None) -> str:
+        if not decision["promote"]:
+            return "reject"
+        # The first model has no champion to test against: it is promoted outright.
+        if params["deploy_mode"] == "ab_test" and decision["champion_version"] is not None:
+            return "start_ab_test"
+        return "promote"
 
     @task
     def promote(decision: dict, dag=None, run_id=None) -> dict:
@@ -233,6 +245,17 @@ def ml_model_training():
             dag_id=dag.dag_id, run_id=run_id,
         )
 
+    @task
+    def start_ab_test(decision: dict, params=None, dag=None, run_id=None) -> dict:
+        """Serve the challenger next to the champion; monitoring decides the test from realised outcomes."""
+        from mlplatform import deployment
+
+        return deployment.record_deployment(
+            SETTINGS.artifact_root, SETTINGS.registered_model_name, decision["champion_version"], mode="ab_test",
+            challenger_version=decision["challenger_version"], challenger_share=float(params["challenger_share"]),
+            dag_id=dag.dag_id, run_id=run_id,
+        )
+
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def report(decision: dict, best_trial: dict) -> dict:
         """A short run summary (also what `make run` prints)."""
@@ -245,13 +268,14 @@ def ml_model_training():
     route = promote_or_reject(decision)
     promoted = promote(decision)
     rejected = reject(decision)
+    ab_test = start_ab_test(decision)
     deployed = deploy(promoted)
     summary = report(decision, best_trial)
 
     chain(extract, validate_raw, build_features, validate_features, trial_arguments)
     chain(trials, best_trial, train_model, evaluate, decision, route)
-    route >> [promoted, rejected]
-    [deployed, rejected] >> summary
+    route >> [promoted, ab_test, rejected]
+    [deployed, ab_test, rejected] >> summary
 
 
 ml_model_training()

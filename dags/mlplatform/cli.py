@@ -119,19 +119,37 @@ def ui(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """MLflow model server for the deployed champion, plus one for the challenger during an A/B test."""
     from mlplatform.deployment import read_deployment
 
     settings = load_settings()
     try:
-        record = read_deployment(settings.artifact_root, settings.registered_model_name, args.alias)
+        record = read_deployment(settings.artifact_root, settings.registered_model_name)
     except FileNotFoundError:
-        print(f"nothing deployed as {args.alias!r} yet: run `make run` first")
+        print("nothing deployed yet: run `make run` first")
         return 1
-    print(f"serving {record['model_uri']} ({args.alias}) on http://127.0.0.1:{args.port}/invocations", flush=True)
+    servers = {"champion": (record["model_uri"], args.port)}
+    if record.get("mode") == "ab_test":
+        challenger_uri = f"models:/{record['model_name']}/{record['challenger_version']}"
+        servers["challenger"] = (challenger_uri, args.port + 1)
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
-    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", record["model_uri"],
-               "--port", str(args.port), "--host", "127.0.0.1", "--env-manager", "local"]
-    return subprocess.call(command, env=env)
+    processes = []
+    for alias, (model_uri, port) in servers.items():
+        print(f"serving {model_uri} ({alias}) on http://127.0.0.1:{port}/invocations", flush=True)
+        command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
+                   "--port", str(port), "--host", "127.0.0.1", "--env-manager", "local"]
+        processes.append(subprocess.Popen(command, env=env, start_new_session=True))
+    if record.get("mode") == "ab_test":
+        print(f"A/B test: the challenger takes {record['challenger_share']:.0%} of the traffic "
+              "(batch prediction routes entities by a stable hash)", flush=True)
+    try:
+        while all(process.poll() is None for process in processes):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(processes)
+    return max((process.returncode or 0) for process in processes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ui_parser.add_argument("--mlflow-port", type=int, default=5000)
     ui_parser.set_defaults(func=ui)
     serve_parser = commands.add_parser("serve", help="MLflow model server for a deployed alias")
-    serve_parser.add_argument("--port", type=int, default=5001)
-    serve_parser.add_argument("--alias", default="champion", choices=["champion", "challenger"])
+    serve_parser.add_argument("--port", type=int, default=5001, help="champion port; the challenger gets port+1")
     serve_parser.set_defaults(func=serve)
     args = parser.parse_args(argv)
     return args.func(args)

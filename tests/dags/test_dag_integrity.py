@@ -62,7 +62,7 @@ def test_training_dag_shape(dagbag):
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream} missing"
     branch = dag.get_task("promote_or_reject")
-    assert branch.downstream_task_ids == {"promote", "reject"}
+    assert branch.downstream_task_ids == {"promote", "start_ab_test", "reject"}
     assert dag.get_task("deploy").upstream_task_ids == {"promote"}
     assert dag.get_task("report").trigger_rule == "none_failed_min_one_success"
 
