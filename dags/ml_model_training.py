@@ -84,6 +84,7 @@ def step_manifest(dag_id: str, run_id: str, task_id: str) -> dict:
         ),
         "deploy_mode": Param(
             "full",
+            type="string",
             enum=["full", "ab_test"],
             description="full: a promoted model becomes champion and takes all traffic. ab_test: it serves "
             "challenger_share of the traffic next to the champion until monitoring decides the test.",

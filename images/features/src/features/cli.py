@@ -107,6 +107,43 @@ def cmd_validate_features(args: argparse.Namespace) -> dict[str, Any]:
     return validate_features(args.features, _out(args), max_null_fraction=args.max_null_fraction)
 
 
+def cmd_extract_scoring(args: argparse.Namespace) -> dict[str, Any]:
+    from features.scoring import ScoringSource, extract_scoring
+
+    if args.as_of is None:
+        raise ValueError("--as-of is required: the date to score (events strictly before it are used)")
+    source = ScoringSource(
+        events_table=None if args.events_query else args.events_table,
+        events_query=args.events_query,
+        entities_table=args.entities_table or None,
+        entity_key=args.entity_key,
+        timestamp_column=args.timestamp_column,
+        signup_column=args.signup_column or None,
+    )
+    return extract_scoring(_warehouse_uri(None), _out(args), args.as_of, source, batch_rows=args.batch_rows)
+
+
+def cmd_build_scoring(args: argparse.Namespace) -> dict[str, Any]:
+    from features.scoring import build_scoring
+
+    return build_scoring(args.extract, _out(args), args.reference_snapshot)
+
+
+def cmd_validate_predictions(args: argparse.Namespace) -> dict[str, Any]:
+    from features.output_gate import validate_predictions
+
+    return validate_predictions(args.predictions, args.spine, _out(args))
+
+
+def cmd_publish_predictions(args: argparse.Namespace) -> dict[str, Any]:
+    from features.scoring import publish_predictions
+
+    artifact_root = args.artifact_root or os.environ.get("ARTIFACT_ROOT")
+    if not artifact_root:
+        raise ValueError("no artifact root: pass --artifact-root or set ARTIFACT_ROOT")
+    return publish_predictions(args.predictions, _out(args), _warehouse_uri(None), artifact_root, args.table)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="features", description=__doc__.split("\n\n")[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -159,6 +196,34 @@ def parser() -> argparse.ArgumentParser:
     feats = command("validate-features", cmd_validate_features, "gate 2: Great Expectations on the features")
     feats.add_argument("--features", required=True, help="the build step's output directory")
     feats.add_argument("--max-null-fraction", type=float, default=0.0)
+
+    scoring = command("extract-scoring", cmd_extract_scoring, "entities to score on a date + their events, streamed")
+    scoring.add_argument("--as-of", required=True, type=_timestamp, help="ISO date: score as of this instant")
+    scoring_events = scoring.add_mutually_exclusive_group()
+    scoring_events.add_argument("--events-table", default="events")
+    scoring_events.add_argument("--events-query", help="SQL query returning the events (instead of a table)")
+    scoring.add_argument("--entities-table", default="customers", help="entities to score + attributes; '' for none")
+    scoring.add_argument("--entity-key", default="customer_id")
+    scoring.add_argument("--timestamp-column", default="event_ts")
+    scoring.add_argument(
+        "--signup-column", default="signup_ts", help="entities table: score those signed up before --as-of; '' for all"
+    )
+    scoring.add_argument("--batch-rows", type=int, default=500_000)
+
+    build_scoring = command("build-scoring", cmd_build_scoring, "features to score, same code and columns as training")
+    build_scoring.add_argument("--extract", required=True, help="the extract-scoring step's output directory")
+    build_scoring.add_argument(
+        "--reference-snapshot", required=True, help="the model's training feature snapshot URI (its version tag)"
+    )
+
+    output_gate = command("validate-predictions", cmd_validate_predictions, "gate 3: Great Expectations on predictions")
+    output_gate.add_argument("--predictions", required=True, help="the score step's output directory")
+    output_gate.add_argument("--spine", required=True, help="the extract-scoring step's output directory")
+
+    publish = command("publish-predictions", cmd_publish_predictions, "predictions -> artifact store + warehouse table")
+    publish.add_argument("--predictions", required=True, help="the score step's output directory")
+    publish.add_argument("--table", default="churn_predictions", help="warehouse table (created if missing)")
+    publish.add_argument("--artifact-root", help="default: env ARTIFACT_ROOT")
     return root
 
 

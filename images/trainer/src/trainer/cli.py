@@ -1,4 +1,4 @@
-"""`python -m trainer <command>`: trial, train, evaluate. Thin argparse over the step functions.
+"""`python -m trainer <command>`: trial, train, evaluate, monitor. Thin argparse over the step functions.
 
 Secrets (the MLflow URI, object-store credentials) come only from env and are never logged.
 """
@@ -109,7 +109,44 @@ def _parser() -> argparse.ArgumentParser:
     _common(evaluate)
     evaluate.add_argument("--model-name", required=True, metavar="NAME")
     evaluate.add_argument("--challenger-version", required=True, metavar="V")
+
+    score = commands.add_parser("score", help="batch predictions with the model behind an alias (and A/B arm)")
+    _common(score)
+    score.add_argument("--model-name", required=True, metavar="NAME")
+    score.add_argument("--alias", default="champion", metavar="ALIAS", help="resolved to a concrete version")
+    score.add_argument("--expect-version", default=None, metavar="V",
+                       help="fail if the alias no longer points at this version (the features were built for it)")
+    score.add_argument("--ab-challenger-share", type=float, default=0.0, metavar="0..1",
+                       help="share of entities (stable hash of entity_id) scored by @challenger")
+
+    monitor = commands.add_parser("monitor", help="drift and realised performance of @champion for a score date")
+    monitor.add_argument("--model-name", required=True, metavar="NAME")
+    monitor.add_argument("--score-date", required=True, type=_date, metavar="YYYY-MM-DD")
+    monitor.add_argument(
+        "--predictions-root", required=True, metavar="URI",
+        help="batch prediction output root: reads {root}/{model}/{date}/predictions.parquet and features.parquet",
+    )
+    labels = monitor.add_mutually_exclusive_group()
+    labels.add_argument("--labels-table", default=None, metavar="TABLE", help="default: churn_labels")
+    labels.add_argument("--labels-query", default=None, metavar="SQL", help="SQL query for labels")
+    monitor.add_argument("--entity-key", default="customer_id", metavar="COLUMN")
+    monitor.add_argument("--snapshot-column", default="snapshot_ts", metavar="COLUMN")
+    monitor.add_argument("--label-column", default="churned", metavar="COLUMN")
+    monitor.add_argument("--psi-threshold", type=float, default=0.2, help="drift when a PSI exceeds this")
+    monitor.add_argument("--min-rows", type=int, default=100, help="fewer rows: no drift/rollback/A-B verdict")
+    monitor.add_argument("--rollback-margin", type=float, default=0.01, help="AUC the previous champion must add")
+    monitor.add_argument("--ab-margin", type=float, default=0.0, help="AUC the challenger arm must add")
+    monitor.add_argument("--out", default=None, metavar="URI", help="default: env STEP_OUTPUT_URI")
     return parser
+
+
+def _date(value: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _resolve_fit_params(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
@@ -175,4 +212,27 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.evaluate import run_evaluate
 
         run_evaluate(args.features, args.model_name, args.challenger_version, out)
+    elif args.command == "score":
+        from trainer.score import run_score
+
+        if not 0.0 <= args.ab_challenger_share <= 1.0:
+            parser.error("--ab-challenger-share must be within [0, 1]")
+        run_score(args.features, args.model_name, out, alias=args.alias,
+                  ab_challenger_share=args.ab_challenger_share, expect_version=args.expect_version or None)
+    elif args.command == "monitor":
+        from trainer.monitor import LabelSource, Thresholds, run_monitor
+
+        try:
+            labels = LabelSource(
+                table=args.labels_table or (None if args.labels_query else "churn_labels"),
+                query=args.labels_query, entity_key=args.entity_key,
+                snapshot_column=args.snapshot_column, label_column=args.label_column,
+            )
+        except ValueError as error:
+            parser.error(str(error))
+        run_monitor(
+            args.model_name, args.score_date, args.predictions_root, out,
+            warehouse_uri=os.environ.get("WAREHOUSE_URI") or None, labels=labels,
+            thresholds=Thresholds(args.psi_threshold, args.min_rows, args.rollback_margin, args.ab_margin),
+        )
     return 0

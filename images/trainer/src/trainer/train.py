@@ -20,7 +20,7 @@ from features import io
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from trainer import model, plots, tracking
+from trainer import drift, model, plots, tracking
 from trainer.data import load_snapshot
 from trainer.metrics import THRESHOLD, classification_metrics
 from trainer.predict import model_frame
@@ -28,6 +28,7 @@ from trainer.predict import model_frame
 log = logging.getLogger(__name__)
 
 MANIFEST_ARTIFACT = "trainer/manifest.json"
+REFERENCE_ARTIFACT = "reference/reference.json"  # what monitoring compares serving data with (trainer.drift)
 INPUT_EXAMPLE_ROWS = 5
 
 
@@ -76,6 +77,7 @@ def run_train(
             if key != "threshold":
                 metrics[f"{split.name}_{key}"] = value
     log.info("valid-auc=%.4f test-auc=%.4f", metrics["valid_auc"], metrics["test_auc"])
+    reference = drift.build_reference({c: train.frame[c].to_numpy() for c in columns}, scores["test"])
 
     figures = _figures(result, {s.name: (s.label, scores[s.name]) for s in (valid, test)})
     for name, png in figures.items():
@@ -100,6 +102,7 @@ def run_train(
         mlflow.log_params(logged_params)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_metric("fit_seconds", result.seconds)
+        mlflow.log_dict(reference, REFERENCE_ARTIFACT)
         with tempfile.TemporaryDirectory() as tmp:
             for name, png in figures.items():
                 (Path(tmp) / name).write_bytes(png)
