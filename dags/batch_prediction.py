@@ -26,7 +26,11 @@ from mlplatform.settings import load_settings
 from mlplatform.steps import FEATURES, TRAINER_CPU, step, step_dir
 
 SETTINGS = load_settings()
-CHAMPION = "{{ ti.xcom_pull(task_ids='resolve_champion')"
+
+
+def resolved(key: str) -> str:
+    """Jinja template of one value `resolve_champion` pinned for this run (pushed as its own XCom key)."""
+    return f"{{{{ ti.xcom_pull(task_ids='resolve_champion', key='{key}') }}}}"
 
 
 @dag(
@@ -76,7 +80,7 @@ CHAMPION = "{{ ti.xcom_pull(task_ids='resolve_champion')"
     },
 )
 def batch_prediction():
-    @task(retries=0)
+    @task(retries=0, multiple_outputs=True)
     def resolve_champion(params=None, dag_run=None, data_interval_end=None) -> dict:
         """Pin this run to one concrete model version: `@champion`, its training snapshot and A/B share."""
         from mlflow import MlflowClient
@@ -101,20 +105,22 @@ def batch_prediction():
         if not snapshot_uri:
             raise RuntimeError(f"{name} v{champion.version} has no 'snapshot_uri' tag: its training features are unknown")
 
-        share = 0.0
         try:
             record = deployment.read_deployment(SETTINGS.artifact_root, name, registry.CHAMPION)
         except FileNotFoundError:
             record = {}
-        if record.get("mode") == "ab_test":
-            share = float(record.get("challenger_share") or 0.0)
+        ab_test = record.get("mode") == "ab_test" and record.get("version") == str(champion.version)
+        if record.get("mode") == "ab_test" and not ab_test:
+            print(f"A/B record is for v{record.get('version')}, not the champion v{champion.version}: no A/B arm")
         resolved = {
             "model_name": name,
             "version": str(champion.version),
             "run_id": champion.run_id,
             "snapshot_uri": snapshot_uri,
-            "deploy_mode": record.get("mode", "full"),
-            "ab_challenger_share": share,
+            "deploy_mode": "ab_test" if ab_test else "full",
+            "ab_challenger_share": float(record.get("challenger_share") or 0.0) if ab_test else 0.0,
+            # the challenger of the A/B deployment, not whatever @challenger points at now (every run moves it)
+            "challenger_version": str(record.get("challenger_version") or "") if ab_test else "",
             "score_date": score_date,
         }
         print(f"scoring {score_date} with {resolved}")
@@ -127,7 +133,7 @@ def batch_prediction():
         FEATURES,
         [
             "extract-scoring",
-            "--as-of", CHAMPION + "['score_date'] }}",
+            "--as-of", resolved("score_date"),
             # A query, when given, replaces the table (the CLI accepts one or the other).
             "{{ '--events-query' if params.events_query else '--events-table' }}",
             "{{ params.events_query or params.events_table }}",
@@ -143,7 +149,7 @@ def batch_prediction():
         [
             "build-scoring",
             "--extract", step_dir("extract_scoring"),
-            "--reference-snapshot", CHAMPION + "['snapshot_uri'] }}",
+            "--reference-snapshot", resolved("snapshot_uri"),
         ],
     )
     score = step(
@@ -154,8 +160,9 @@ def batch_prediction():
             "--features", step_dir("build_scoring"),
             "--model-name", SETTINGS.registered_model_name,
             "--alias", "champion",
-            "--expect-version", CHAMPION + "['version'] }}",
-            "--ab-challenger-share", CHAMPION + "['ab_challenger_share'] }}",
+            "--expect-version", resolved("version"),
+            "--ab-challenger-share", resolved("ab_challenger_share"),
+            "--challenger-version", resolved("challenger_version"),
         ],
     )
     # The gate does not retry: bad predictions stay bad, and a retry only delays the alert.

@@ -41,6 +41,7 @@ class Settings:
     artifact_root: str
     mlflow_tracking_uri: str
     mlflow_experiment_name: str
+    mlflow_artifact_location: str
     registered_model_name: str
     namespace: str
     features_image: str
@@ -85,10 +86,14 @@ def load_settings() -> Settings:
     if not isinstance(node_selector, dict):
         raise ValueError("GPU_NODE_SELECTOR must be a JSON object of node labels")
     version = os.environ.get("CODE_VERSION", "0.1.0")
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    # A tracking server stores artifacts itself; a SQLite store would write them into the working directory.
+    default_artifacts = f"file://{home / 'mlflow-artifacts'}" if tracking_uri.startswith("sqlite") else ""
     return Settings(
         runtime=runtime,
         artifact_root=os.environ.get("ARTIFACT_ROOT", f"file://{home / 'artifacts'}").rstrip("/"),
-        mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+        mlflow_tracking_uri=tracking_uri,
+        mlflow_artifact_location=os.environ.get("MLFLOW_ARTIFACT_LOCATION", default_artifacts),
         mlflow_experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "customer-churn"),
         registered_model_name=os.environ.get("REGISTERED_MODEL_NAME", "customer-churn"),
         namespace=os.environ.get("K8S_NAMESPACE", "mlplatform"),

@@ -143,6 +143,8 @@ def _env(family: StepFamily, settings: Settings) -> list[k8s.V1EnvVar]:
         "HOME": SCRATCH_DIR,
         "MPLCONFIGDIR": f"{SCRATCH_DIR}/matplotlib",
     }
+    if settings.mlflow_artifact_location:
+        plain["MLFLOW_ARTIFACT_LOCATION"] = settings.mlflow_artifact_location
     if settings.object_store_endpoint:
         plain["AWS_ENDPOINT_URL"] = settings.object_store_endpoint
     env = [k8s.V1EnvVar(name=name, value=value) for name, value in plain.items()]
@@ -263,8 +265,9 @@ class PipelineStepOperator(KubernetesPodOperator):
         if self.runtime == "kubernetes":
             return super().execute(context)
         pod = self.build_pod_request_obj(context, dry_run=True)
-        self._local_process = start_pod_locally(pod)
-        return_code = stream_and_wait(self._local_process, self.log)
+        with tempfile.TemporaryDirectory(prefix="mlplatform-step-") as scratch:
+            self._local_process = start_pod_locally(pod, scratch)
+            return_code = stream_and_wait(self._local_process, self.log)
         if return_code != 0:
             raise RuntimeError(
                 f"step {self.task_id!r} failed: `{' '.join(local_argv(pod)[:4])} ...` exited with {return_code}"
@@ -294,10 +297,9 @@ def local_argv(pod: k8s.V1Pod) -> list[str]:
     return argv
 
 
-def local_env(pod: k8s.V1Pod) -> dict[str, str]:
+def local_env(pod: k8s.V1Pod, scratch: str) -> dict[str, str]:
     """The container's env; secret references resolve from this process's env (a laptop has no Secrets)."""
     env = {name: os.environ[name] for name in HOST_ENV_PASSTHROUGH if name in os.environ}
-    scratch = tempfile.mkdtemp(prefix="mlplatform-step-")
     for variable in pod.spec.containers[0].env or []:
         if variable.value_from is not None:
             if variable.name in os.environ:
@@ -311,10 +313,12 @@ def local_env(pod: k8s.V1Pod) -> dict[str, str]:
     return env
 
 
-def start_pod_locally(pod: k8s.V1Pod) -> subprocess.Popen:
+def start_pod_locally(pod: k8s.V1Pod, scratch: str) -> subprocess.Popen:
+    # Like the container, the process works in its scratch directory, never in the caller's.
     return subprocess.Popen(
         local_argv(pod),
-        env=local_env(pod),
+        env=local_env(pod, scratch),
+        cwd=scratch,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -132,3 +132,24 @@ def test_corrupted_warehouse_fails_the_gate_and_registers_nothing(platform, firs
     assert "amount" in log and "expect_column_values_to_be_between" in log
     assert versions(platform) == versions_before, "a failed gate must register nothing"
     assert champion_version(platform) == champion_before
+
+
+def test_rerunning_the_final_fit_registers_no_duplicate(platform, first_run):
+    """Clearing and rerunning a step of a finished run gives the same result and no second model version."""
+    import subprocess
+
+    from support import BIN
+
+    manifest_path = (Path(platform["MLPLATFORM_HOME"]) / "artifacts" / "runs" / DAG_ID / first_run["run_id"]
+                     / "train_model" / "manifest.json")
+    before = json.loads(manifest_path.read_text())
+    versions_before = versions(platform)
+    result = subprocess.run(
+        [str(BIN / "airflow"), "tasks", "test", DAG_ID, "train_model", first_run["run_id"]],
+        env=platform, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    after = json.loads(manifest_path.read_text())
+    assert versions(platform) == versions_before
+    assert after["model_version"] == before["model_version"]
+    assert after["metrics"] == before["metrics"]

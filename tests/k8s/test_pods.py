@@ -106,10 +106,10 @@ def test_secrets_are_passed_by_reference_only(cluster_pods):
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             assert "value" not in by_name[name] and by_name[name]["valueFrom"]["secretKeyRef"]["name"] == (
                 "mlplatform-object-store"), (task, name)
-        if task in ("extract",):
+        if "WAREHOUSE_URI" in by_name or task == "extract":
             ref = by_name["WAREHOUSE_URI"]["valueFrom"]["secretKeyRef"]
             assert ref == {"name": "mlplatform-warehouse", "key": "uri"}
-        if task in GPU_STEPS | {"evaluate"}:
+        if task in GPU_STEPS:
             assert "WAREHOUSE_URI" not in by_name, f"{task} does not need the warehouse"
         dumped = json.dumps(pod)
         assert "password" not in dumped.lower() and "postgresql://" not in dumped
@@ -134,14 +134,25 @@ def test_steps_write_to_run_scoped_paths_and_mapped_trials_do_not_collide(cluste
     assert output("train_trial") == prefix + "train_trial/0"
 
 
+def _subcommands(module: str) -> set[str]:
+    import re
+    import subprocess
+
+    usage = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True)
+    return set(re.search(r"\{([a-z,-]+)\}", usage.stdout).group(1).split(","))
+
+
 def test_commands_are_the_image_clis(cluster_pods):
+    subcommands = {module: _subcommands(module) for module in ("features", "trainer")}
     for (_, task), pod in cluster_pods.items():
         container = pod["spec"]["containers"][0]
-        module = "trainer" if task in GPU_STEPS | {"evaluate"} else "features"
-        assert container["command"] == ["python", "-m", module]
-        assert container["image"].startswith(f"mlplatform/{module}:")
-        assert container["args"][0] in {"extract", "validate-raw", "build", "validate-features", "trial", "train",
-                                         "evaluate"}
+        module = pod["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert container["command"] == ["python", "-m", module], task
+        assert container["image"].startswith(f"mlplatform/{module}:"), task
+        assert container["args"][0] in subcommands[module], (task, container["args"][0])
+    for task in GPU_STEPS | {"evaluate"}:
+        assert cluster_pods[("ml_model_training", task)]["metadata"]["labels"]["app.kubernetes.io/component"] == (
+            "trainer")
     evaluate = cluster_pods[("ml_model_training", "evaluate")]["spec"]["containers"][0]["args"]
     assert evaluate[evaluate.index("--challenger-version") + 1] == "7"  # rendered from the train manifest
 
