@@ -6,6 +6,7 @@ Nothing here is mocked: CI starts from a clean clone, so every server a test nee
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
@@ -51,17 +52,20 @@ def mlflow_server(tmp_path_factory):
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", f"file://{root / 'artifacts'}", "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # The server's background job workers (GenAI scorers) are not used here: don't start them.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", process)
         yield url
     finally:
-        process.terminate()
+        # The server forks workers: stop the whole process group.
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
         log.close()
 
 

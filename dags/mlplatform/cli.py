@@ -78,6 +78,15 @@ def summary(_: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt_on_sigterm() -> None:
+    """Stop the servers on SIGTERM too (not only Ctrl-C), so nothing is left running."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _stop(processes: list[subprocess.Popen]) -> None:
     # `airflow standalone` leaves children behind on SIGTERM: stop each whole process group.
     for process in processes:
@@ -98,9 +107,10 @@ def ui(args: argparse.Namespace) -> int:
     settings = load_settings()
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
-           "AIRFLOW__API__PORT": str(args.airflow_port)}
+           "AIRFLOW__API__PORT": str(args.airflow_port), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow_cmd = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", settings.mlflow_tracking_uri,
                   "--port", str(args.mlflow_port), "--host", "127.0.0.1"]
+    _interrupt_on_sigterm()
     processes = [
         subprocess.Popen([str(bin_dir / "airflow"), "standalone"], env=env, start_new_session=True),
         subprocess.Popen(mlflow_cmd, env=env, start_new_session=True),
@@ -133,6 +143,7 @@ def serve(args: argparse.Namespace) -> int:
         challenger_uri = f"models:/{record['model_name']}/{record['challenger_version']}"
         servers["challenger"] = (challenger_uri, args.port + 1)
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+    _interrupt_on_sigterm()
     processes = []
     for alias, (model_uri, port) in servers.items():
         print(f"serving {model_uri} ({alias}) on http://127.0.0.1:{port}/invocations", flush=True)
