@@ -54,14 +54,14 @@ def resolved(key: str) -> str:
             "",
             type="string",
             pattern=r"^(|\d{4}-\d{2}-\d{2})$",
-            description="Score as of this date (YYYY-MM-DD; events strictly before it); empty: the run's date.",
+            description="Score as of this date (YYYY-MM-DD; uses events before it); empty: the run's date.",
         ),
         "events_table": Param("events", type="string", description="Warehouse table of timestamped events."),
         "events_query": Param(
             "", type="string", description="SQL query for events; overrides events_table when set."
         ),
         "entities_table": Param(
-            "customers", type="string", description="Table of entities to score and their attributes ('' for none)."
+            "customers", type="string", description="Entities to score and their attributes ('' for none)."
         ),
         "entity_key": Param("customer_id", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
         "timestamp_column": Param("event_ts", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
@@ -94,16 +94,21 @@ def batch_prediction():
             score_date = moment.astimezone(UTC).date().isoformat()
 
         name = SETTINGS.registered_model_name
-        client = MlflowClient(tracking_uri=SETTINGS.mlflow_tracking_uri, registry_uri=SETTINGS.mlflow_tracking_uri)
+        uri = SETTINGS.mlflow_tracking_uri
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         try:
             champion = client.get_model_version_by_alias(name, registry.CHAMPION)
         except MlflowException as error:
             raise RuntimeError(
-                f"no @{registry.CHAMPION} version of {name!r} to score with: run ml_model_training first ({error})"
+                f"no @{registry.CHAMPION} version of {name!r} to score with: "
+                f"run ml_model_training first ({error})"
             ) from None
         snapshot_uri = champion.tags.get("snapshot_uri")
         if not snapshot_uri:
-            raise RuntimeError(f"{name} v{champion.version} has no 'snapshot_uri' tag: its training features are unknown")
+            raise RuntimeError(
+                f"{name} v{champion.version} has no 'snapshot_uri' tag: "
+                "its training features are unknown"
+            )
 
         try:
             record = deployment.read_deployment(SETTINGS.artifact_root, name, registry.CHAMPION)
@@ -111,7 +116,7 @@ def batch_prediction():
             record = {}
         ab_test = record.get("mode") == "ab_test" and record.get("version") == str(champion.version)
         if record.get("mode") == "ab_test" and not ab_test:
-            print(f"A/B record is for v{record.get('version')}, not the champion v{champion.version}: no A/B arm")
+            print(f"A/B record is for v{record.get('version')}, not champion v{champion.version}: no A/B arm")
         resolved = {
             "model_name": name,
             "version": str(champion.version),
@@ -119,7 +124,7 @@ def batch_prediction():
             "snapshot_uri": snapshot_uri,
             "deploy_mode": "ab_test" if ab_test else "full",
             "ab_challenger_share": float(record.get("challenger_share") or 0.0) if ab_test else 0.0,
-            # the challenger of the A/B deployment, not whatever @challenger points at now (every run moves it)
+            # the A/B deployment's challenger, not whatever @challenger points at now (every run moves it)
             "challenger_version": str(record.get("challenger_version") or "") if ab_test else "",
             "score_date": score_date,
         }
@@ -175,7 +180,11 @@ def batch_prediction():
     publish_predictions = step(
         "publish_predictions",
         FEATURES,
-        ["publish-predictions", "--predictions", step_dir("score"), "--table", "{{ params.predictions_table }}"],
+        [
+            "publish-predictions",
+            "--predictions", step_dir("score"),
+            "--table", "{{ params.predictions_table }}",
+        ],
     )
 
     chain(champion, extract_scoring, build_scoring, score, validate_predictions, publish_predictions)

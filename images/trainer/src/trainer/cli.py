@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="fail if the alias no longer points at this version (the features were built for it)")
     score.add_argument("--ab-challenger-share", type=float, default=0.0, metavar="0..1",
                        help="share of entities (stable hash of entity_id) scored by @challenger")
+    score.add_argument("--challenger-version", default=None, metavar="V",
+                       help="the A/B deployment's challenger (default: the version @challenger points at)")
 
     monitor = commands.add_parser("monitor", help="drift and realised performance of @champion for a score date")
     monitor.add_argument("--model-name", required=True, metavar="NAME")
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 0.0 <= args.ab_challenger_share <= 1.0:
             parser.error("--ab-challenger-share must be within [0, 1]")
         run_score(args.features, args.model_name, out, alias=args.alias,
-                  ab_challenger_share=args.ab_challenger_share, expect_version=args.expect_version or None)
+                  ab_challenger_share=args.ab_challenger_share, expect_version=args.expect_version or None,
+                  challenger_version=args.challenger_version or None)
     elif args.command == "monitor":
         from trainer.monitor import LabelSource, Thresholds, run_monitor
 
