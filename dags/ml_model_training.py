@@ -1,6 +1,8 @@
 """
 ### ml_model_training
 
+Runs weekly (Sundays 03:00 UTC) and whenever `model_monitoring` emits the drift asset.
+
 Extract → **gate** (GX, raw data) → point-in-time features (polars) → **gate** (GX, features) →
 hyperparameter trials fanned out on the `gpu_pool` → final fit, registered as `challenger` →
 challenger and champion evaluated on the same test set → **branch**: promote or reject → deploy.
@@ -19,8 +21,11 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Param, TriggerRule, chain, dag, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
 
 from mlplatform.alerts import dag_failure_alert, task_failure_alert
+from mlplatform.assets import DRIFT_ASSET
 from mlplatform.settings import load_settings
 from mlplatform.steps import FEATURES, TRAINER_CPU, TRAINER_GPU, mapped_step, step, step_dir
 
@@ -39,7 +44,10 @@ def step_manifest(dag_id: str, run_id: str, task_id: str) -> dict:
 
 @dag(
     dag_id="ml_model_training",
-    schedule="0 3 * * 0",  # Sundays 03:00 UTC
+    # Sundays 03:00 UTC, or as soon as model_monitoring reports drift.
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC"), assets=[DRIFT_ASSET]
+    ),
     start_date=datetime(2026, 1, 4, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,

@@ -56,7 +56,11 @@ def test_every_dag_follows_policy(dagbag):
 
 def test_training_dag_shape(dagbag):
     dag = dagbag.dags["ml_model_training"]
-    assert "0 3 * * 0" in repr(dag.schedule)  # Sundays 03:00 UTC
+    from mlplatform.assets import DRIFT_ASSET
+
+    # Sundays 03:00 UTC, or retrain on drift.
+    assert dag.timetable.description == "Triggered by assets or At 03:00, only on Sunday"
+    assert DRIFT_ASSET.uri in repr(dag.timetable.asset_condition)
     order = ["extract", "validate_raw", "build_features", "validate_features", "plan_trials", "train_trial",
              "select_best_trial", "train_model", "evaluate", "compare_models", "promote_or_reject"]
     for upstream, downstream in zip(order, order[1:]):
