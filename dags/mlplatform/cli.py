@@ -107,7 +107,9 @@ def ui(args: argparse.Namespace) -> int:
     settings = load_settings()
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
-           "AIRFLOW__API__PORT": str(args.airflow_port), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+           "AIRFLOW__API__PORT": str(args.airflow_port), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           # Task processes report to the execution API of this API server, wherever its port is.
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{args.airflow_port}/execution/"}
     mlflow_cmd = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", settings.mlflow_tracking_uri,
                   "--port", str(args.mlflow_port), "--host", "127.0.0.1"]
     _interrupt_on_sigterm()
