@@ -31,7 +31,7 @@ AIRFLOW_PORT ?= 8080
 MLFLOW_PORT ?= 5000
 SERVE_PORT ?= 5001
 
-.PHONY: help venv seed airflow-db pools run summary test test-fast ui serve bench render images kind-test clean
+.PHONY: help venv seed airflow-db pools run summary test test-fast test-scheduler ui serve bench render images kind-test clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,7 +73,10 @@ test: venv ## Run the tests (unit, DAG, pod and chart, end to end)
 	$(BIN)/pytest
 
 test-fast: venv ## Run the tests without the end-to-end tier
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e and not scheduler"
+
+test-scheduler: venv ## The real scheduler + REST API tier: a manual run with Params, as from the UI (minutes)
+	$(BIN)/pytest -m scheduler
 
 ui: pools ## Start the Airflow UI (standalone) and the MLflow UI; Ctrl-C stops both
 	$(BIN)/python -m mlplatform.cli ui --airflow-port $(AIRFLOW_PORT) --mlflow-port $(MLFLOW_PORT)
