@@ -195,3 +195,132 @@ def test_empty_split_and_missing_feature_fail(tmp_path):
     assert "test: expect_table_columns_to_match_set on ['entity_id', 'snapshot_ts', 'label'" in str(
         failed.value
     )
+
+
+# --- one bad row among a million good ones ----------------------------------------------------------
+
+MILLION = 1_000_000
+BAD_ROW = 654_321
+
+
+@pytest.fixture(scope="module")
+def million_extract(tmp_path_factory) -> Path:
+    """A good extract of 1 M events and 1 M label rows, written directly in the canonical layout."""
+    root = tmp_path_factory.mktemp("million")
+    (root / "events").mkdir()
+    i = pl.int_range(MILLION)
+    pl.select(
+        entity_id=pl.format("C{}", i % 50_000),
+        event_ts=pl.datetime(2026, 1, 1) + pl.duration(seconds=i * 10),
+        amount=(i % 997).cast(pl.Float64),
+    ).write_parquet(root / "events" / "part-00000.parquet")
+    pl.select(
+        entity_id=pl.format("C{}", i),
+        snapshot_ts=pl.when(i % 2 == 0).then(pl.datetime(2026, 8, 1)).otherwise(pl.datetime(2026, 8, 15)),
+        label=(i % 4 == 0).cast(pl.Int8),
+    ).write_parquet(root / "labels.parquet")
+    outputs = {"events": str(root / "events"), "labels": str(root / "labels.parquet")}
+    io.write_manifest(str(root), {"step": "extract", "outputs": outputs, "cutoff": CUTOFF.isoformat()})
+    return root
+
+
+def test_million_good_rows_pass(million_extract, tmp_path):
+    manifest = validate_raw(str(million_extract), str(tmp_path / "gate"))
+    assert manifest["success"] is True and manifest["rows"] == {"events": MILLION, "labels": MILLION}
+
+
+@pytest.mark.parametrize(
+    ("file", "changes", "failure"),
+    [
+        (
+            "events/part-00000.parquet",
+            {"entity_id": None},
+            ("events", "expect_column_values_to_not_be_null", "entity_id"),
+        ),
+        (
+            "events/part-00000.parquet",
+            {"amount": -0.01},
+            ("events", "expect_column_values_to_be_between", "amount"),
+        ),
+        (
+            "events/part-00000.parquet",
+            {"event_ts": CUTOFF},
+            ("events", "expect_column_values_to_be_between", "event_ts"),
+        ),
+        ("labels.parquet", {"label": 2}, ("labels", "expect_column_values_to_be_in_set", "label")),
+    ],
+    ids=["null entity_id", "negative amount", "event at cutoff", "label 2"],
+)
+def test_one_bad_raw_row_in_a_million_fails(million_extract, tmp_path, file, changes, failure):
+    bad = _copy(million_extract, tmp_path / "bad")
+    frame = pl.read_parquet(bad / file)
+    frame.with_columns(
+        **{c: _row(BAD_ROW, v, c).cast(frame.schema[c]) for c, v in changes.items()}
+    ).write_parquet(bad / file)
+    with pytest.raises(GateFailed) as failed:
+        validate_raw(str(bad), str(tmp_path / "gate"))
+    assert f"{failure[0]}: {failure[1]} on {failure[2]}: 1 unexpected value(s)" in str(failed.value)
+    (found,) = io.read_manifest(str(tmp_path / "gate"))["failures"]
+    assert (found["dataset"], found["expectation"], found["column"]) == failure
+    assert found["observed"]["unexpected_count"] == 1 and found["observed"]["rows"] == [BAD_ROW]
+
+
+def test_one_duplicate_label_key_in_a_million_fails(million_extract, tmp_path):
+    bad = _copy(million_extract, tmp_path / "bad")
+    labels = pl.read_parquet(bad / "labels.parquet")
+    copy_of = labels.row(BAD_ROW - 2, named=True)  # same snapshot date (rows alternate between two)
+    labels.with_columns(
+        entity_id=_row(BAD_ROW, pl.lit(copy_of["entity_id"]), "entity_id"),
+        snapshot_ts=_row(BAD_ROW, copy_of["snapshot_ts"], "snapshot_ts"),
+    ).write_parquet(bad / "labels.parquet")
+    with pytest.raises(
+        GateFailed, match=r"labels: expect_compound_columns_to_be_unique on \['entity_id', 'snapshot_ts'\]"
+    ):
+        validate_raw(str(bad), str(tmp_path / "gate"))
+    (found,) = io.read_manifest(str(tmp_path / "gate"))["failures"]
+    assert found["observed"]["unexpected_count"] == 2  # both copies, as GX counts them
+    assert found["observed"]["rows"] == [BAD_ROW - 2, BAD_ROW]
+
+
+@pytest.mark.parametrize(
+    ("value", "failure"),
+    [
+        (float("inf"), ("expect_column_values_to_be_between", "spend_trend")),
+        (None, ("expect_column_values_to_not_be_null", "spend_trend")),
+        (float("nan"), ("expect_column_values_to_not_be_null", "spend_trend")),
+    ],
+    ids=["inf", "null", "nan"],
+)
+def test_one_bad_feature_in_a_million_fails(tmp_path, value, failure):
+    i = pl.int_range(MILLION)
+    valid = pl.select(
+        entity_id=pl.format("C{}", i),
+        snapshot_ts=pl.lit(datetime(2026, 8, 2)) + pl.duration(days=i * 0),
+        label=(i % 4 == 0).cast(pl.Int8),
+        events_30d=(i % 7).cast(pl.Float64),
+        days_since_last_event=i.cast(pl.Float64),
+        support_share_90d=(i % 10) / 10,
+        spend_trend=pl.lit(1.0) + i * 0,
+    )
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    good = _snapshot(tmp_path / "good", valid=valid)
+    assert validate_features(str(good), str(tmp_path / "good_gate"))["rows"]["valid"] == MILLION
+    build = _snapshot(
+        tmp_path / "bad",
+        valid=valid.with_columns(spend_trend=_row(BAD_ROW, value, "spend_trend").cast(pl.Float64)),
+    )
+    with pytest.raises(GateFailed) as failed:
+        validate_features(str(build), str(tmp_path / "gate"))
+    assert f"valid: {failure[0]} on {failure[1]}: 1 unexpected value(s)" in str(failed.value)
+    (found,) = io.read_manifest(str(tmp_path / "gate"))["failures"]
+    assert (found["dataset"], found["expectation"], found["column"]) == ("valid", *failure)
+    assert found["observed"]["unexpected_count"] == 1 and found["observed"]["rows"] == [BAD_ROW]
+
+
+def test_null_allowance_is_gx_mostly(tmp_path):
+    one_null = _valid_with(events_30d=_row(1, None, "events_30d"))  # 1 of 100 rows
+    build = _snapshot(tmp_path, valid=one_null)
+    assert validate_features(str(build), str(tmp_path / "ok"), max_null_fraction=0.01)["success"] is True
+    with pytest.raises(GateFailed, match="valid: expect_column_values_to_not_be_null on events_30d"):
+        validate_features(str(build), str(tmp_path / "strict"), max_null_fraction=0.005)
