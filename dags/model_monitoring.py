@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Param, TriggerRule, chain, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
-
 from mlplatform.alerts import dag_failure_alert, task_failure_alert
 from mlplatform.assets import DRIFT_ASSET
 from mlplatform.settings import load_settings
@@ -64,6 +63,10 @@ IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
                                  description="Roll back when the previous champion's AUC is higher by more."),
         "ab_margin": Param(0.0, type="number", minimum=0.0, maximum=0.5,
                            description="AUC the challenger arm must add to be promoted."),
+        "drift_ignore_features": Param(
+            "", type="string", pattern=r"^[A-Za-z0-9_,]*$",
+            description="Comma-separated features left out of the drift check (e.g. ones that grow with time).",
+        ),
         "labels_table": Param("churn_labels", type="string", description="Warehouse table of realised labels."),
         "labels_query": Param("", type="string", description="SQL query for labels; overrides labels_table."),
         "entity_key": Param("customer_id", type="string", pattern=IDENTIFIER),
@@ -98,6 +101,7 @@ def model_monitoring():
             "--min-rows", "{{ params.min_rows }}",
             "--rollback-margin", "{{ params.rollback_margin }}",
             "--ab-margin", "{{ params.ab_margin }}",
+            "--ignore-features", "{{ params.drift_ignore_features }}",
         ],
     )
 
@@ -177,7 +181,7 @@ def model_monitoring():
             f"A/B on {report['score_date']}: challenger AUC {ab['challenger_auc']} vs champion "
             f"{ab['champion_auc']} (rows {ab['rows']}, margin {ab['margin']}) → {ab['decision']}"
         )
-        move_kwargs = dict(reason=reason, dag_id=dag.dag_id, run_id=run_id, metrics={"ab": ab})
+        move_kwargs = {"reason": reason, "dag_id": dag.dag_id, "run_id": run_id, "metrics": {"ab": ab}}
         if ab["decision"] == "promote":
             move = registry.promote(SETTINGS.mlflow_tracking_uri, SETTINGS.artifact_root, model, challenger,
                                     **move_kwargs)

@@ -138,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     monitor.add_argument("--min-rows", type=int, default=100, help="fewer rows: no drift/rollback/A-B verdict")
     monitor.add_argument("--rollback-margin", type=float, default=0.01, help="AUC the previous champion must add")
     monitor.add_argument("--ab-margin", type=float, default=0.0, help="AUC the challenger arm must add")
+    monitor.add_argument(
+        "--ignore-features", default="", metavar="A,B", help="comma-separated features left out of the drift check"
+    )
     monitor.add_argument("--out", default=None, metavar="URI", help="default: env STEP_OUTPUT_URI")
     return parser
 
@@ -237,5 +240,6 @@ def main(argv: list[str] | None = None) -> int:
             args.model_name, args.score_date, args.predictions_root, out,
             warehouse_uri=os.environ.get("WAREHOUSE_URI") or None, labels=labels,
             thresholds=Thresholds(args.psi_threshold, args.min_rows, args.rollback_margin, args.ab_margin),
+            ignore_features=tuple(name.strip() for name in args.ignore_features.split(",") if name.strip()),
         )
     return 0

@@ -1,0 +1,99 @@
+"""Distribution drift: quantile binning and the Population Stability Index (pure numpy, no I/O).
+
+A *reference* is what a model saw when it was trained: per feature, the inner cut points of (up to) 10
+quantile bins of the train split and the share of rows in each bin, plus the distribution of its scores on
+the test split over fixed bins of [0, 1]. It is stored with the model (``reference/reference.json`` in its
+MLflow run) and serving data is later binned with the *same* cut points, so the two are comparable.
+
+Bins: ``cuts`` c_0 < … < c_{k-1} make ``k + 1`` value bins ``(-inf, c_0], (c_0, c_1], …, (c_{k-1}, inf)``
+and one more bin for missing values (NaN/null), last. Duplicate quantiles collapse, so a discrete feature
+gets one bin per value and a constant one two bins (``<= c`` and ``> c``), never empty-width bins.
+
+PSI = sum_i (a_i - e_i) * ln(a_i / e_i) over bins, with shares clipped to ``epsilon`` so an empty bin
+gives a large but finite term. Rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 0.2 significant shift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+DEFAULT_BINS = 10
+EPSILON = 1e-4
+REFERENCE_VERSION = 1
+SCORE_CUTS = [round(i / DEFAULT_BINS, 10) for i in range(1, DEFAULT_BINS)]  # 10 equal bins over [0, 1]
+
+
+def _as_float(values: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def quantile_cuts(values: Any, bins: int = DEFAULT_BINS) -> list[float]:
+    """Inner cut points of ``bins`` quantile bins of the finite values (deduplicated; [] when none)."""
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    finite = _as_float(values)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return []
+    # inverted_cdf: every cut is an observed value, so a discrete feature gets one bin per value
+    quantiles = np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1], method="inverted_cdf")
+    cuts = np.unique(quantiles)
+    if cuts.size == 0:  # bins == 1: a single cut at the median keeps "below"/"above" distinguishable
+        cuts = np.unique(np.quantile(finite, [0.5], method="inverted_cdf"))
+    return [float(c) for c in cuts]
+
+
+def bin_counts(values: Any, cuts: Sequence[float]) -> np.ndarray:
+    """Row counts per bin: ``len(cuts) + 1`` value bins, then the missing bin."""
+    values = _as_float(values)
+    missing = ~np.isfinite(values)
+    index = np.searchsorted(np.asarray(cuts, dtype=np.float64), values[~missing], side="left")
+    counts = np.bincount(index, minlength=len(cuts) + 1).astype(np.int64)
+    return np.append(counts, int(missing.sum()))
+
+
+def proportions(values: Any, cuts: Sequence[float]) -> list[float]:
+    counts = bin_counts(values, cuts)
+    total = counts.sum()
+    if total == 0:
+        return [0.0] * counts.size
+    return [float(c) for c in counts / total]
+
+
+def psi(expected: Sequence[float], actual: Sequence[float], epsilon: float = EPSILON) -> float:
+    """Population Stability Index of two bin-share vectors of the same length (shares clipped to epsilon)."""
+    e = np.clip(np.asarray(expected, dtype=np.float64), epsilon, None)
+    a = np.clip(np.asarray(actual, dtype=np.float64), epsilon, None)
+    if e.shape != a.shape:
+        raise ValueError(f"bin counts differ: expected {e.size} bins, actual {a.size}")
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def distribution(values: Any, cuts: Sequence[float] | None = None, bins: int = DEFAULT_BINS) -> dict[str, Any]:
+    """A reference entry: cut points (quantiles of ``values`` unless given), bin shares and row count."""
+    cuts = quantile_cuts(values, bins) if cuts is None else [float(c) for c in cuts]
+    return {"cuts": cuts, "proportions": proportions(values, cuts), "rows": int(_as_float(values).size)}
+
+
+def psi_against(reference_entry: Mapping[str, Any], values: Any, epsilon: float = EPSILON) -> float:
+    """PSI of ``values`` binned with a reference entry's cut points against that entry's shares."""
+    return psi(reference_entry["proportions"], proportions(values, reference_entry["cuts"]), epsilon)
+
+
+def build_reference(
+    features: Mapping[str, Any], scores: Any, bins: int = DEFAULT_BINS
+) -> dict[str, Any]:
+    """The training reference: per feature (column name → values of the train split) its quantile bins and
+    shares; the model's scores (test split) over fixed bins of [0, 1]."""
+    return {
+        "version": REFERENCE_VERSION,
+        "bins": bins,
+        "epsilon": EPSILON,
+        "missing_bin": "last",
+        "feature_columns": list(features),
+        "features": {name: distribution(values, bins=bins) for name, values in features.items()},
+        "score": distribution(scores, cuts=SCORE_CUTS),
+    }

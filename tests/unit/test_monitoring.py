@@ -1,0 +1,301 @@
+"""`trainer monitor` on hand-made predictions, features and labels, with a real MLflow registry (SQLite).
+
+Two models are trained on a synthetic snapshot with a known signal (see test_trainer.make_snapshot): a good
+one and a weak one (one shallow tree). The tests set the aliases they need, write the day's batch-prediction
+files (the batch_prediction contract) and a SQLite warehouse with labels, then read the monitor's manifest.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before xgboost loads: see trainer.cli.main
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import sqlalchemy as sa
+from features import io
+from test_trainer import FAST, FEATURES, make_snapshot
+from trainer import predict
+from trainer.cli import main
+from trainer.monitor import INSUFFICIENT, KEEP, PROMOTE, Thresholds, decide_ab, rollback_rule
+
+MODEL = "mon-churn"
+DAY = date(2024, 2, 4)  # the synthetic snapshot's test date: features and labels exist for it
+WEAK = {"max_depth": 1, "n_estimators": 1, "learning_rate": 0.1}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A snapshot, an MLflow registry with a good (v1) and a weak (v2) version, and the test split."""
+    root = tmp_path_factory.mktemp("monitoring")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("MLFLOW_ARTIFACT_LOCATION", str(root / "artifacts"))
+        mp.setenv("MLFLOW_EXPERIMENT_NAME", "test-monitoring")
+        mp.setenv("PIPELINE_DAG_ID", "ml_model_training")
+        mp.delenv("WAREHOUSE_URI", raising=False)
+        features, _ = make_snapshot(root, FEATURES, seed=3, rows=2000)
+        for run_id, params in (("good", FAST), ("weak", WEAK)):
+            mp.setenv("PIPELINE_RUN_ID", run_id)
+            args = ["train", "--features", features, "--params", json.dumps(params), "--seed", "1",
+                    "--model-name", MODEL, "--out", str(root / run_id)]
+            assert main(args) == 0
+        snapshot_uri = io.read_manifest(features)["snapshot_uri"]
+        test = pl.read_parquet(io.local_path(io.join_uri(snapshot_uri, "test.parquet")))
+        yield {"root": root, "test": test, "uri": os.environ["MLFLOW_TRACKING_URI"]}
+
+
+def client(registry):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=registry["uri"])
+
+
+def set_aliases(registry, **aliases: str | None) -> None:
+    for alias, version in aliases.items():
+        name = alias.replace("_", "-")
+        if version is None:
+            client(registry).delete_registered_model_alias(MODEL, name)
+        else:
+            client(registry).set_registered_model_alias(MODEL, name, version)
+
+
+def publish_day(root: Path, features: pl.DataFrame, arms: dict[str, str]) -> str:
+    """The batch_prediction contract for DAY: predictions.parquet (scored per arm) and features.parquet.
+
+    ``arms`` maps alias → version; with two arms, alternate entities go to each.
+    """
+    predictions_root = (root / "predictions").as_uri()
+    day_dir = io.join_uri(predictions_root, MODEL, DAY.isoformat())
+    frame = features.with_columns(pl.lit(datetime(DAY.year, DAY.month, DAY.day)).alias("snapshot_ts"))
+    parts = []
+    for index, (alias, version) in enumerate(arms.items()):
+        arm = frame.filter(pl.int_range(pl.len()) % len(arms) == index)
+        scores = predict.predict(f"models:/{MODEL}/{version}", arm)
+        parts.append(arm.select("entity_id", pl.col("snapshot_ts").dt.date().alias("score_date")).with_columns(
+            pl.Series("score", scores), pl.lit(MODEL).alias("model_name"), pl.lit(version).alias("model_version"),
+            pl.lit(alias).alias("alias"), pl.lit("manual__test").alias("dag_run_id"),
+        ))
+    path = io.local_path(day_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    pl.concat(parts).write_parquet(path / "predictions.parquet")
+    frame.select("entity_id", "snapshot_ts", *FEATURES).write_parquet(path / "features.parquet")
+    return predictions_root
+
+
+def warehouse(root: Path, test: pl.DataFrame, day: date = DAY) -> str:
+    """A SQLite warehouse whose churn_labels hold the test split's labels at ``day``."""
+    uri = f"sqlite:///{root / 'warehouse.db'}"
+    engine = sa.create_engine(uri)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE IF EXISTS churn_labels"))
+        connection.execute(sa.text("CREATE TABLE churn_labels (customer_id TEXT, snapshot_ts TIMESTAMP, churned INT)"))
+        connection.execute(
+            sa.text("INSERT INTO churn_labels VALUES (:c, :s, :y)"),
+            [{"c": c, "s": f"{day.isoformat()} 00:00:00.000000", "y": int(y)}
+             for c, y in zip(test["entity_id"], test["label"])],
+        )
+    engine.dispose()
+    return uri
+
+
+def monitor(registry, tmp_path, predictions_root: str, warehouse_uri: str | None, *extra: str) -> dict:
+    out = tmp_path / "monitor"
+    env = {"WAREHOUSE_URI": warehouse_uri} if warehouse_uri else {}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        args = ["monitor", "--model-name", MODEL, "--score-date", DAY.isoformat(),
+                "--predictions-root", predictions_root, "--out", str(out), *extra]
+        assert main(args) == 0
+    return io.read_manifest(str(out))
+
+
+# --- pure rules -------------------------------------------------------------------------------------------
+
+
+def test_ab_decision_rule():
+    rules = Thresholds(min_rows=100, ab_margin=0.01)
+    arm = lambda auc, rows=500: {"auc": auc, "rows": rows}
+    assert decide_ab(arm(0.80), arm(0.82), rules) == PROMOTE
+    assert decide_ab(arm(0.80), arm(0.805), rules) == KEEP
+    assert decide_ab(arm(0.80), arm(0.90, rows=50), rules) == INSUFFICIENT
+    assert decide_ab(arm(None), arm(0.90), rules) == INSUFFICIENT
+
+
+def test_rollback_rule_needs_a_comparable_previous_champion_and_enough_rows():
+    rules = Thresholds(min_rows=100, rollback_margin=0.01)
+    champion = {"version": "2", "auc": 0.70, "rows": 500}
+    assert rollback_rule(champion, {"version": "1", "auc": 0.80, "comparable": True}, rules)[0] is True
+    assert rollback_rule(champion, {"version": "1", "auc": 0.705, "comparable": True}, rules)[0] is False
+    assert rollback_rule(champion, {"version": "1", "comparable": False, "reason": "x"}, rules)[0] is False
+    assert rollback_rule(champion, None, rules)[0] is False
+    assert rollback_rule({**champion, "rows": 10}, {"version": "1", "auc": 0.9, "comparable": True}, rules)[0] is False
+
+
+# --- the step ---------------------------------------------------------------------------------------------
+
+
+def test_training_logs_the_reference_with_the_model(registry):
+    import mlflow
+
+    version = client(registry).get_model_version(MODEL, "1")
+    reference = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/reference/reference.json")
+    assert reference["feature_columns"] == FEATURES
+    for name in FEATURES:
+        entry = reference["features"][name]
+        assert len(entry["proportions"]) == len(entry["cuts"]) + 2
+        assert sum(entry["proportions"]) == pytest.approx(1.0)
+    assert len(reference["features"]["x0"]["cuts"]) == 9  # continuous: 10 quantile bins
+    assert reference["features"]["x5"]["proportions"][-1] > 0.02  # its missing values have a bin
+    assert len(reference["score"]["proportions"]) == 11 and reference["score"]["rows"] == 2000
+
+
+def test_no_drift_on_data_like_the_training_data(registry, tmp_path):
+    set_aliases(registry, champion="1", previous_champion=None)
+    root = publish_day(tmp_path, registry["test"], {"champion": "1"})
+    report = monitor(registry, tmp_path, root, None)
+    assert report["drift_evaluated"] is True and report["reference"]["version"] == "1"
+    assert set(report["psi"]) == set(FEATURES)
+    assert max(report["psi"].values()) < 0.1, report["psi"]
+    assert report["prediction_psi"] < 0.1
+    assert report["drift_detected"] is False and report["breached_features"] == []
+    assert report["labels_available"] is False and report["realised"] == {"champion": None, "previous": None}
+    assert report["rollback_recommended"] is False and report["ab"] is None
+
+
+def test_shifted_features_are_detected_as_drift(registry, tmp_path):
+    set_aliases(registry, champion="1", previous_champion=None)
+    shifted = registry["test"].with_columns(pl.col("x0") + 1.5, pl.col("x1") * 3)
+    report = monitor(registry, tmp_path, publish_day(tmp_path, shifted, {"champion": "1"}), None,
+                     "--psi-threshold", "0.2")
+    assert report["drift_detected"] is True
+    assert set(report["breached_features"]) >= {"x0", "x1"}
+    assert report["psi"]["x0"] > 0.2 and report["psi"]["x2"] < 0.1
+    assert report["prediction_psi"] > 0.2  # x0 drives the score: the predictions shift too
+    ignoring = monitor(registry, tmp_path, publish_day(tmp_path, shifted, {"champion": "1"}), None,
+                       "--ignore-features", "x0, x1")
+    assert ignoring["ignored_features"] == ["x0", "x1"] and not {"x0", "x1"} & set(ignoring["psi"])
+    assert ignoring["breached_features"] == []
+
+
+def test_realised_auc_and_rollback_when_the_champion_is_worse_than_the_previous(registry, tmp_path):
+    set_aliases(registry, champion="2", previous_champion="1")  # a bad promotion: the weak model serves
+    root = publish_day(tmp_path, registry["test"], {"champion": "2"})
+    report = monitor(registry, tmp_path, root, warehouse(tmp_path, registry["test"]))
+    champion, previous = report["realised"]["champion"], report["realised"]["previous"]
+    assert report["labels_available"] is True and report["rows"]["labels"] == registry["test"].height
+    assert champion["version"] == "2" and champion["rows"] == registry["test"].height
+    assert previous["version"] == "1" and previous["comparable"] is True and previous["rows"] == champion["rows"]
+    assert previous["auc"] > champion["auc"] + 0.05
+    assert report["rollback_recommended"] is True, report["rollback_reason"]
+
+
+def test_no_rollback_when_the_champion_is_the_better_model(registry, tmp_path):
+    set_aliases(registry, champion="1", previous_champion="2")
+    # predictions made by v2 before the alias moved: the champion's window is rescored with v1
+    root = publish_day(tmp_path, registry["test"], {"champion": "2"})
+    report = monitor(registry, tmp_path, root, warehouse(tmp_path, registry["test"]))
+    assert report["realised"]["champion"]["source"] == "rescored"
+    assert report["realised"]["champion"]["auc"] > report["realised"]["previous"]["auc"]
+    assert report["rollback_recommended"] is False
+
+
+def test_previous_champion_without_its_columns_is_not_comparable(registry, tmp_path):
+    set_aliases(registry, champion="2", previous_champion="1")
+    root = publish_day(tmp_path, registry["test"], {"champion": "2"})
+    features = io.local_path(io.join_uri(root, MODEL, DAY.isoformat(), "features.parquet"))
+    pl.read_parquet(features).drop("visits").write_parquet(features)
+    report = monitor(registry, tmp_path, root, warehouse(tmp_path, registry["test"]))
+    previous = report["realised"]["previous"]
+    assert previous["comparable"] is False and "visits" in previous["reason"]
+    assert report["rollback_recommended"] is False
+    assert report["missing_features"] == ["visits"]
+
+
+@pytest.mark.parametrize(("arms", "decision"), [({"champion": "1", "challenger": "2"}, KEEP),
+                                                ({"champion": "2", "challenger": "1"}, PROMOTE)])
+def test_ab_test_arms_are_compared_on_their_labels(registry, tmp_path, arms, decision):
+    set_aliases(registry, champion=arms["champion"], challenger=arms["challenger"], previous_champion=None)
+    root = publish_day(tmp_path, registry["test"], arms)
+    report = monitor(registry, tmp_path, root, warehouse(tmp_path, registry["test"]))
+    ab = report["ab"]
+    assert ab["decision"] == decision
+    assert ab["champion_version"] == arms["champion"] and ab["challenger_version"] == arms["challenger"]
+    assert ab["rows"]["champion"] + ab["rows"]["challenger"] == registry["test"].height
+    assert report["realised"]["champion"]["rows"] == ab["rows"]["champion"]
+
+
+def test_labels_of_another_day_are_not_used(registry, tmp_path):
+    set_aliases(registry, champion="1", previous_champion=None)
+    root = publish_day(tmp_path, registry["test"], {"champion": "1"})
+    report = monitor(registry, tmp_path, root, warehouse(tmp_path, registry["test"], day=date(2024, 2, 5)))
+    assert report["labels_available"] is False and report["rollback_recommended"] is False
+
+
+def test_missing_predictions_fail_naming_the_file(registry, tmp_path):
+    with pytest.raises(SystemExit, match="predictions.parquet"):
+        monitor(registry, tmp_path, (tmp_path / "nothing").as_uri(), None)
+
+
+def test_labels_query_and_bad_identifiers(registry, tmp_path):
+    set_aliases(registry, champion="1", previous_champion=None)
+    root = publish_day(tmp_path, registry["test"], {"champion": "1"})
+    wh = warehouse(tmp_path, registry["test"])
+    report = monitor(registry, tmp_path, root, wh, "--labels-query",
+                     "SELECT customer_id AS cid, snapshot_ts AS snap, churned AS y FROM churn_labels",
+                     "--entity-key", "cid", "--snapshot-column", "snap", "--label-column", "y")
+    assert report["realised"]["champion"]["rows"] == registry["test"].height
+    assert report["labels_source"]["query"].startswith("SELECT")
+    with pytest.raises(SystemExit) as error:
+        monitor(registry, tmp_path, root, wh, "--entity-key", "id; drop table x")
+    assert error.value.code == 2
+    assert np.isfinite(report["realised"]["champion"]["auc"])
+
+
+# --- the DAG's wiring -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def monitoring_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags" / "model_monitoring.py"))
+    assert bag.import_errors == {}
+    return bag.dags["model_monitoring"]
+
+
+def test_dag_acts_only_on_the_report_and_survives_skips(monitoring_dag):
+    from mlplatform.assets import DRIFT_ASSET
+
+    dag = monitoring_dag
+    assert dag.get_task("monitor").upstream_task_ids == {"resolve_score_date"}
+    assert dag.get_task("read_report").upstream_task_ids == {"monitor"}
+    emit = dag.get_task("emit_retrain_signal")
+    assert emit.outlets == [DRIFT_ASSET] and emit.upstream_task_ids == {"read_report"}
+    # a skipped retrain signal or rollback must not skip the A/B decision
+    assert dag.get_task("rollback_if_degraded").upstream_task_ids == {"read_report"}
+    ab = dag.get_task("decide_ab_test")
+    assert ab.upstream_task_ids == {"read_report", "rollback_if_degraded"}
+    assert ab.trigger_rule == "none_failed"
+    assert "WAREHOUSE_URI" in {e.name for e in dag.get_task("monitor").env_vars}  # reads realised labels
+
+
+def test_retrain_signal_is_skipped_without_drift_and_emitted_with_it(monitoring_dag):
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    emit = monitoring_dag.get_task("emit_retrain_signal").python_callable
+    quiet = {"drift_detected": False, "drift_note": None, "thresholds": {"psi": 0.2}, "breached_features": []}
+    with pytest.raises(AirflowSkipException, match="no drift"):
+        emit(quiet, dag=SimpleNamespace(dag_id="model_monitoring"), run_id="r1")
+    drifted = {**quiet, "drift_detected": True, "breached_features": ["x0"], "psi": {"x0": 0.9}}
+    assert emit(drifted, dag=SimpleNamespace(dag_id="model_monitoring"), run_id="r1") == ["x0"]
