@@ -63,8 +63,10 @@ IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
                                  description="Roll back when the previous champion's AUC is higher by more."),
         "ab_margin": Param(0.0, type="number", minimum=0.0, maximum=0.5,
                            description="AUC the challenger arm must add to be promoted."),
+        # Tenure-like features grow with the calendar for every entity, so against the training reference they
+        # always look drifted; they are left out by default.
         "drift_ignore_features": Param(
-            "", type="string", pattern=r"^[A-Za-z0-9_,]*$",
+            "days_since_first_event,days_since_signup", type="string", pattern=r"^[A-Za-z0-9_,]*$",
             description="Comma-separated features left out of the drift check (e.g. ones that grow with time).",
         ),
         "labels_table": Param("churn_labels", type="string", description="Warehouse table of realised labels."),
