@@ -18,10 +18,10 @@ Every compute step is a pod built by `mlplatform.steps`; steps pass small manife
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from airflow.sdk import Param, chain, dag, task
-from mlplatform.alerts import dag_failure_alert, task_failure_alert
+from mlplatform.defaults import dag_kwargs, date_param
 from mlplatform.settings import load_settings
 from mlplatform.steps import FEATURES, TRAINER_CPU, step, step_dir
 
@@ -37,25 +37,12 @@ def resolved(key: str) -> str:
     dag_id="batch_prediction",
     schedule="0 5 * * *",  # daily 05:00 UTC, after the warehouse's nightly load
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
     tags=["ml", "scoring", "customer-churn"],
-    default_args={
-        "owner": "ml-platform",
-        "retries": SETTINGS.task_retries,
-        "retry_delay": timedelta(minutes=2),
-        "on_failure_callback": task_failure_alert,
-    },
-    on_failure_callback=dag_failure_alert,
+    **dag_kwargs(SETTINGS),
     render_template_as_native_obj=False,
     params={
-        "score_date": Param(
-            "",
-            type="string",
-            pattern=r"^(|\d{4}-\d{2}-\d{2})$",
-            description="Score as of this date (YYYY-MM-DD; uses events before it); empty: the run's date.",
-        ),
+        "score_date": date_param("Score as of this date (YYYY-MM-DD; uses events before it); empty: the run's date."),
         "events_table": Param("events", type="string", description="Warehouse table of timestamped events."),
         "events_query": Param(
             "", type="string", description="SQL query for events; overrides events_table when set."

@@ -18,13 +18,13 @@ timestamp, label, cutoff, number of trials and promotion rule are all Params.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from airflow.sdk import Param, TriggerRule, chain, dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from mlplatform.alerts import dag_failure_alert, task_failure_alert
+from mlplatform.defaults import dag_kwargs, date_param
 from mlplatform.assets import DRIFT_ASSET
 from mlplatform.settings import load_settings
 from mlplatform.steps import FEATURES, TRAINER_CPU, TRAINER_GPU, mapped_step, step, step_dir
@@ -49,17 +49,9 @@ def step_manifest(dag_id: str, run_id: str, task_id: str) -> dict:
         timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC"), assets=[DRIFT_ASSET]
     ),
     start_date=datetime(2026, 1, 4, tzinfo=timezone.utc),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
     tags=["ml", "training", "customer-churn"],
-    default_args={
-        "owner": "ml-platform",
-        "retries": SETTINGS.task_retries,
-        "retry_delay": timedelta(minutes=2),
-        "on_failure_callback": task_failure_alert,
-    },
-    on_failure_callback=dag_failure_alert,
+    **dag_kwargs(SETTINGS),
     user_defined_macros={"step_manifest": step_manifest},
     render_template_as_native_obj=False,
     params={
@@ -76,12 +68,7 @@ def step_manifest(dag_id: str, run_id: str, task_id: str) -> dict:
         "timestamp_column": Param("event_ts", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
         "snapshot_column": Param("snapshot_ts", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
         "label_column": Param("churned", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
-        "cutoff": Param(
-            "",
-            type="string",
-            pattern=r"^(|\d{4}-\d{2}-\d{2})$",
-            description="Train on snapshots up to this date (YYYY-MM-DD); empty: all labelled snapshots.",
-        ),
+        "cutoff": date_param("Train on snapshots up to this date (YYYY-MM-DD); empty: all labelled snapshots."),
         "min_event_rows": Param(1000, type="integer", minimum=1, description="Raw gate: minimum event rows."),
         "n_trials": Param(8, type="integer", minimum=1, maximum=64, description="Hyperparameter trials."),
         "max_boost_rounds": Param(2000, type="integer", minimum=1, maximum=20000),

@@ -20,11 +20,11 @@ it only read its manifest and act.
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from airflow.sdk import Param, TriggerRule, chain, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
-from mlplatform.alerts import dag_failure_alert, task_failure_alert
+from mlplatform.defaults import dag_kwargs, date_param
 from mlplatform.assets import DRIFT_ASSET
 from mlplatform.settings import load_settings
 from mlplatform.steps import TRAINER_CPU, step
@@ -39,22 +39,11 @@ IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
     dag_id="model_monitoring",
     schedule="0 7 * * *",  # daily 07:00 UTC, after the day's batch prediction
     start_date=datetime(2026, 1, 4, tzinfo=UTC),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
     tags=["ml", "monitoring", "customer-churn"],
-    default_args={
-        "owner": "ml-platform",
-        "retries": SETTINGS.task_retries,
-        "retry_delay": timedelta(minutes=2),
-        "on_failure_callback": task_failure_alert,
-    },
-    on_failure_callback=dag_failure_alert,
+    **dag_kwargs(SETTINGS),
     params={
-        "score_date": Param(
-            "", type="string", pattern=r"^(|\d{4}-\d{2}-\d{2})$",
-            description="Score date to monitor (YYYY-MM-DD); empty: the run's date.",
-        ),
+        "score_date": date_param("Score date to monitor (YYYY-MM-DD); empty: the run's date."),
         "psi_threshold": Param(0.2, type="number", minimum=0.01, maximum=10.0,
                                description="Drift when a feature's or the scores' PSI exceeds this."),
         "min_rows": Param(100, type="integer", minimum=1,
