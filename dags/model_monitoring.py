@@ -165,9 +165,11 @@ def model_monitoring():
             raise AirflowSkipException(f"A/B test continues: {ab.get('decision') or 'no labelled arms yet'}")
         if ti.xcom_pull(task_ids="rollback_if_degraded"):
             raise AirflowSkipException("the champion was just rolled back: the A/B test is decided next time")
-        challenger = registry.alias_version(SETTINGS.mlflow_tracking_uri, model, registry.CHALLENGER)
+        # The version under test is the one the deployment record serves; the `challenger` alias moves with
+        # every training run, rejected ones included.
+        challenger = record.get("challenger_version")
         if challenger is None:
-            raise AirflowSkipException("no challenger alias: nothing to decide")
+            raise AirflowSkipException("the A/B deployment record names no challenger: nothing to decide")
         reason = (
             f"A/B on {report['score_date']}: challenger AUC {ab['challenger_auc']} vs champion "
             f"{ab['champion_auc']} (rows {ab['rows']}, margin {ab['margin']}) → {ab['decision']}"
