@@ -20,13 +20,22 @@ from mlplatform.steps import PipelineStepOperator, trial_arguments
 SAMPLE_RUN_ID = "manual__2026-01-04T03:00:00+00:00"
 SAMPLE_MODEL_VERSION = "7"
 SAMPLE_TRIAL_PARAMS = {"max_depth": 6, "learning_rate": 0.05}
+SAMPLE_DATE = "2026-01-04"
+# What the light tasks of a run would have pushed, for the templates that read it.
+SAMPLE_XCOM = {
+    ("select_best_trial", None): {"trial": 0, "valid_auc": 0.0, "params": SAMPLE_TRIAL_PARAMS},
+    ("resolve_score_date", None): SAMPLE_DATE,
+    ("resolve_champion", "score_date"): SAMPLE_DATE,
+    ("resolve_champion", "version"): SAMPLE_MODEL_VERSION,
+    ("resolve_champion", "snapshot_uri"): "<the champion's training snapshot>",
+    ("resolve_champion", "ab_challenger_share"): "0.0",
+    ("resolve_champion", "challenger_version"): "",
+}
 
 
 class _SampleTaskInstance(SimpleNamespace):
-    def xcom_pull(self, task_ids: str | None = None, **_: Any) -> Any:
-        if task_ids == "select_best_trial":
-            return {"trial": 0, "valid_auc": 0.0, "params": SAMPLE_TRIAL_PARAMS}
-        return None
+    def xcom_pull(self, task_ids: str | None = None, key: str | None = None, **_: Any) -> Any:
+        return SAMPLE_XCOM.get((task_ids, key if key != "return_value" else None))
 
 
 def _sample_context(dag, task_id: str, map_index: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`python -m trainer <command>`: trial, train, evaluate, monitor. Thin argparse over the step functions.
+"""`python -m trainer <command>`: trial, train, evaluate, score, monitor. Thin argparse over the step functions.
 
 Secrets (the MLflow URI, object-store credentials) come only from env and are never logged.
 """
