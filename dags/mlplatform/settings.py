@@ -78,7 +78,7 @@ def load_settings() -> Settings:
     runtime = os.environ.get("PIPELINE_RUNTIME", "local")
     if runtime not in RUNTIMES:
         raise ValueError(f"PIPELINE_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}")
-    node_selector_raw = os.environ.get("GPU_NODE_SELECTOR", '{"pool": "gpu"}')
+    node_selector_raw = os.environ.get("GPU_NODE_SELECTOR", '{"nvidia.com/gpu.present": "true"}')
     try:
         node_selector = json.loads(node_selector_raw)
     except json.JSONDecodeError as error:
