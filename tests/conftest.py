@@ -9,10 +9,22 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
 
 import pytest
 
 from support import BIN, airflow_env, free_port, wait_for_http
+
+# `make test` exports the demo's embedded settings (.local/ warehouse, MLflow store, artifact root...). Tests
+# build their own platforms: start from none of those, so `make test` and a bare `pytest` behave the same.
+PLATFORM_ENV = ("MLPLATFORM_HOME", "PIPELINE_RUNTIME", "ARTIFACT_ROOT", "WAREHOUSE_URI", "MLFLOW_TRACKING_URI",
+                "MLFLOW_ARTIFACT_LOCATION", "MLFLOW_EXPERIMENT_NAME", "REGISTERED_MODEL_NAME", "AIRFLOW_HOME",
+                "TASK_RETRIES", "ALERT_WEBHOOK_URL")
+for _name in PLATFORM_ENV:
+    os.environ.pop(_name, None)
+# DAG parsing in this process (integrity and pod tests) gets a throwaway Airflow home, never ~/airflow.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-tests-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
 
 @pytest.fixture(scope="session")
