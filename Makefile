@@ -16,7 +16,6 @@ export PIPELINE_RUNTIME ?= local
 export ARTIFACT_ROOT ?= file://$(MLPLATFORM_HOME)/artifacts
 export WAREHOUSE_URI ?= sqlite:///$(MLPLATFORM_HOME)/warehouse.db
 export MLFLOW_TRACKING_URI ?= sqlite:///$(MLPLATFORM_HOME)/mlflow.db
-export MLFLOW_ARTIFACT_LOCATION ?= $(MLPLATFORM_HOME)/mlflow-artifacts
 export AIRFLOW_HOME ?= $(MLPLATFORM_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
