@@ -5,7 +5,8 @@ Runs weekly (Sundays 03:00 UTC) and whenever `model_monitoring` emits the drift 
 
 Extract → **gate** (GX, raw data) → point-in-time features (polars) → **gate** (GX, features) →
 hyperparameter trials fanned out on the `gpu_pool` → final fit, registered as `challenger` →
-challenger and champion evaluated on the same test set → **branch**: promote or reject → deploy.
+challenger and champion evaluated on the same test set → **branch**: promote (→ deploy), start an A/B test
+(`deploy_mode=ab_test`: the challenger serves `challenger_share` until monitoring decides), or reject.
 
 Every compute step is a pod built by `mlplatform.steps` (`PIPELINE_RUNTIME=kubernetes`: KubernetesPodOperator;
 `local`: the same pod's command as a local process). Steps pass small manifests, never data.
@@ -24,8 +25,8 @@ from airflow.sdk import Param, TriggerRule, chain, dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from mlplatform.defaults import dag_kwargs, date_param
 from mlplatform.assets import DRIFT_ASSET
+from mlplatform.defaults import dag_kwargs, date_param
 from mlplatform.settings import load_settings
 from mlplatform.steps import FEATURES, TRAINER_CPU, TRAINER_GPU, mapped_step, step, step_dir
 
@@ -53,7 +54,6 @@ def step_manifest(dag_id: str, run_id: str, task_id: str) -> dict:
     tags=["ml", "training", "customer-churn"],
     **dag_kwargs(SETTINGS),
     user_defined_macros={"step_manifest": step_manifest},
-    render_template_as_native_obj=False,
     params={
         "events_table": Param("events", type="string", description="Warehouse table of timestamped events."),
         "events_query": Param(
