@@ -39,6 +39,16 @@ class ExtractError(ValueError):
     """Bad extract configuration or source: the message names the table, column or option."""
 
 
+def check_identifiers(options: Any, names: tuple[str, ...]) -> None:
+    """Table and column options go into SQL as identifiers: accept only plain ones (no injection)."""
+    for name in names:
+        value = getattr(options, name)
+        if value and not IDENTIFIER.match(value):
+            raise ExtractError(
+                f"--{name.replace('_', '-')} {value!r} is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_.]*)"
+            )
+
+
 @dataclass(frozen=True)
 class ExtractSource:
     """Where the raw data lives. Exactly one of table/query for events and for labels."""
@@ -58,21 +68,11 @@ class ExtractSource:
             table, query = getattr(self, f"{kind}_table"), getattr(self, f"{kind}_query")
             if bool(table) == bool(query):
                 raise ExtractError(f"give exactly one of --{kind}-table or --{kind}-query")
-        for option in (
-            "events_table",
-            "labels_table",
-            "entities_table",
-            "entity_key",
-            "timestamp_column",
-            "snapshot_column",
-            "label_column",
-        ):
-            value = getattr(self, option)
-            if value and not IDENTIFIER.match(value):
-                raise ExtractError(
-                    f"--{option.replace('_', '-')} {value!r} is not a plain SQL identifier "
-                    "([A-Za-z_][A-Za-z0-9_.]*)"
-                )
+        check_identifiers(
+            self,
+            ("events_table", "labels_table", "entities_table", "entity_key", "timestamp_column",
+             "snapshot_column", "label_column"),
+        )
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v}

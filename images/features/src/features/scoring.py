@@ -36,6 +36,7 @@ from features.extract import (
     DEFAULT_BATCH_ROWS,
     IDENTIFIER,
     ExtractError,
+    check_identifiers,
     _Canonicaliser,
     _PartWriter,
     _require,
@@ -76,13 +77,9 @@ class ScoringSource:
     def __post_init__(self) -> None:
         if bool(self.events_table) == bool(self.events_query):
             raise ExtractError("give exactly one of --events-table or --events-query")
-        for option in ("events_table", "entities_table", "entity_key", "timestamp_column", "signup_column"):
-            value = getattr(self, option)
-            if value and not IDENTIFIER.match(value):
-                raise ExtractError(
-                    f"--{option.replace('_', '-')} {value!r} is not a plain SQL identifier "
-                    "([A-Za-z_][A-Za-z0-9_.]*)"
-                )
+        check_identifiers(
+            self, ("events_table", "entities_table", "entity_key", "timestamp_column", "signup_column")
+        )
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v}
