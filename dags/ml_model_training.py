@@ -43,6 +43,20 @@ def step_manifest(dag_id: str, run_id: str, task_id: str) -> dict:
     return io.read_manifest(step_output_uri(load_settings().artifact_root, dag_id, run_id, task_id))
 
 
+def record_decision(action: str, decision: dict, dag_id: str, run_id: str) -> dict:
+    """The audited registry move (`registry.promote` or `registry.reject`) for a promotion decision."""
+    from dataclasses import asdict
+
+    from mlplatform import registry
+
+    move = getattr(registry, action)(
+        SETTINGS.mlflow_tracking_uri, SETTINGS.artifact_root, SETTINGS.registered_model_name,
+        decision["challenger_version"], reason=decision["reason"], dag_id=dag_id, run_id=run_id,
+        metrics={"challenger": decision["challenger"], "champion": decision["champion"]},
+    )
+    return asdict(move)
+
+
 @dag(
     dag_id="ml_model_training",
     # Sundays 03:00 UTC, or as soon as model_monitoring reports drift.
@@ -207,29 +221,13 @@ def ml_model_training():
 
     @task
     def promote(decision: dict, dag=None, run_id=None) -> dict:
-        from dataclasses import asdict
-
-        from mlplatform import registry
-
-        move = registry.promote(
-            SETTINGS.mlflow_tracking_uri, SETTINGS.artifact_root, SETTINGS.registered_model_name,
-            decision["challenger_version"], reason=decision["reason"], dag_id=dag.dag_id, run_id=run_id,
-            metrics={"challenger": decision["challenger"], "champion": decision["champion"]},
-        )
-        return asdict(move)
+        """Challenger → champion; the replaced champion stays as `previous-champion` for rollback."""
+        return record_decision("promote", decision, dag.dag_id, run_id)
 
     @task
     def reject(decision: dict, dag=None, run_id=None) -> dict:
-        from dataclasses import asdict
-
-        from mlplatform import registry
-
-        move = registry.reject(
-            SETTINGS.mlflow_tracking_uri, SETTINGS.artifact_root, SETTINGS.registered_model_name,
-            decision["challenger_version"], reason=decision["reason"], dag_id=dag.dag_id, run_id=run_id,
-            metrics={"challenger": decision["challenger"], "champion": decision["champion"]},
-        )
-        return asdict(move)
+        """Record why the challenger was not promoted; the champion stays exactly as it was."""
+        return record_decision("reject", decision, dag.dag_id, run_id)
 
     @task
     def deploy(move: dict, dag=None, run_id=None) -> dict:

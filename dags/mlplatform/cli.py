@@ -87,6 +87,17 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _supervise(processes: list[subprocess.Popen]) -> None:
+    """Wait until one server exits or the user interrupts, then stop them all."""
+    try:
+        while all(process.poll() is None for process in processes):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(processes)
+
+
 def _stop(processes: list[subprocess.Popen]) -> None:
     # `airflow standalone` leaves children behind on SIGTERM: stop each whole process group.
     for process in processes:
@@ -120,13 +131,7 @@ def ui(args: argparse.Namespace) -> int:
     print(f"Airflow UI http://localhost:{args.airflow_port} (admin password: "
           f"{os.environ.get('AIRFLOW_HOME', '')}/simple_auth_manager_passwords.json.generated), "
           f"MLflow UI http://localhost:{args.mlflow_port}. Ctrl-C stops both.", flush=True)
-    try:
-        while all(process.poll() is None for process in processes):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        _stop(processes)
+    _supervise(processes)
     return 0
 
 
@@ -155,13 +160,7 @@ def serve(args: argparse.Namespace) -> int:
     if record.get("mode") == "ab_test":
         print(f"A/B test: the challenger takes {record['challenger_share']:.0%} of the traffic "
               "(batch prediction routes entities by a stable hash)", flush=True)
-    try:
-        while all(process.poll() is None for process in processes):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        _stop(processes)
+    _supervise(processes)
     return max((process.returncode or 0) for process in processes)
 
 
