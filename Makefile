@@ -39,7 +39,7 @@ $(UV):
 	$(PYTHON) -m venv $(BOOTSTRAP)
 	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: $(UV) uv.lock pyproject.toml images/features/pyproject.toml images/trainer/pyproject.toml
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml contract/pyproject.toml images/features/pyproject.toml images/trainer/pyproject.toml
 	$(UV) sync --frozen --all-packages
 	touch $@
 

@@ -1,0 +1,97 @@
+"""The one CLI style of both step images: ``python -m <image> <command> [options]``.
+
+A CLI module builds an ``argparse`` parser with :class:`Commands` (every command gets ``--out``, default env
+``STEP_OUTPUT_URI``) and hands it to :func:`run`, which configures logging, calls the command's handler and
+turns a :class:`~mlcontract.errors.PipelineError` into exit code 1 and one line on stderr that names what is
+wrong. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from typing import Any
+
+from mlcontract.errors import PipelineError
+from mlcontract.manifests import Manifest
+
+Handler = Callable[[argparse.Namespace], Manifest | None]
+QUIET_LOGGERS = ("great_expectations", "urllib3", "botocore", "s3fs", "fsspec", "alembic", "mlflow.store")
+
+
+class Commands:
+    """Sub-commands of one image's CLI."""
+
+    def __init__(self, prog: str, description: str):
+        self.parser = argparse.ArgumentParser(prog=prog, description=description)
+        self._subparsers = self.parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(self, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        sub = self._subparsers.add_parser(name, help=help, description=help)
+        sub.add_argument("--out", metavar="URI", help="this step's output directory (default: env STEP_OUTPUT_URI)")
+        sub.set_defaults(handler=handler)
+        return sub
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
+    )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(commands: Commands, argv: Sequence[str] | None = None) -> int:
+    """Parse, run the command, and report: 0 on success, 1 with a one-line message on a pipeline error."""
+    args = commands.parser.parse_args(argv)
+    configure_logging()
+    prog = commands.parser.prog
+    try:
+        manifest = args.handler(args)
+    except PipelineError as error:
+        print(f"{prog} {args.command}: {error}", file=sys.stderr)
+        return 1
+    if manifest is not None:
+        summary = {k: getattr(manifest, k) for k in ("rows", "success") if hasattr(manifest, k)}
+        logging.getLogger(prog).info("%s done: %s", args.command, json.dumps(summary, default=str))
+    return 0
+
+
+# --- option types shared by both CLIs ---------------------------------------------------------------------
+
+
+def optional_timestamp(value: str) -> datetime | None:
+    """An ISO date or datetime; empty (the DAGs' default Param) means none."""
+    if not value.strip():
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date/datetime: {value!r}") from None
+
+
+def iso_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def share(value: str) -> float:
+    """A number within [0, 1]."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not within [0, 1]")
+    return number
+
+
+def names(value: str) -> tuple[str, ...]:
+    """A comma-separated list of names (empty items dropped)."""
+    return tuple(name.strip() for name in value.split(",") if name.strip())
