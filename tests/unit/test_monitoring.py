@@ -2,7 +2,8 @@
 
 Two models are trained on a synthetic snapshot with a known signal (see test_trainer.make_snapshot): a good
 one and a weak one (one shallow tree). The tests set the aliases they need, write the day's batch-prediction
-files (the batch_prediction contract) and a SQLite warehouse with labels, then read the monitor's manifest.
+files (the batch_prediction contract) and the `features extract-labels` step's output (labels.parquet +
+LabelsManifest), then read the monitor's manifest.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import sqlalchemy as sa
-from features import io
+from mlcontract import layout, storage
+from mlcontract.errors import SourceError
+from mlcontract.manifests import BuildManifest, LabelsManifest, MonitorManifest
+from mlcontract.names import LABELS_FILE
+from mlcontract.rules import INSUFFICIENT, KEEP, PROMOTE, ROLLBACK, Score, decide_ab, decide_rollback
+from mlcontract.source import LabelSource
 from test_trainer import FAST, FEATURES, make_snapshot
 from trainer import predict
 from trainer.cli import main
-from trainer.monitor import INSUFFICIENT, KEEP, PROMOTE, Thresholds, decide_ab, rollback_rule
 
 MODEL = "mon-churn"
 DAY = date(2024, 2, 4)  # the synthetic snapshot's test date: features and labels exist for it
@@ -47,8 +51,8 @@ def registry(tmp_path_factory):
             args = ["train", "--features", features, "--params", json.dumps(params), "--seed", "1",
                     "--model-name", MODEL, "--out", str(root / run_id)]
             assert main(args) == 0
-        snapshot_uri = io.read_manifest(features)["snapshot_uri"]
-        test = pl.read_parquet(io.local_path(io.join_uri(snapshot_uri, "test.parquet")))
+        snapshot_uri = BuildManifest.read(features).snapshot_uri
+        test = pl.read_parquet(storage.local_path(storage.join_uri(snapshot_uri, "test.parquet")))
         yield {"root": root, "test": test, "uri": os.environ["MLFLOW_TRACKING_URI"]}
 
 
@@ -70,10 +74,10 @@ def set_aliases(registry, **aliases: str | None) -> None:
 def publish_day(root: Path, features: pl.DataFrame, arms: dict[str, str]) -> str:
     """The batch_prediction contract for DAY: predictions.parquet (scored per arm) and features.parquet.
 
-    ``arms`` maps alias → version; with two arms, alternate entities go to each.
+    ``arms`` maps alias → version; with two arms, alternate entities go to each. Returns the artifact root.
     """
-    predictions_root = (root / "predictions").as_uri()
-    day_dir = io.join_uri(predictions_root, MODEL, DAY.isoformat())
+    artifact_root = root.as_uri()
+    day_dir = layout.predictions_dir(artifact_root, MODEL, DAY.isoformat())
     frame = features.with_columns(pl.lit(datetime(DAY.year, DAY.month, DAY.day)).alias("snapshot_ts"))
     parts = []
     for index, (alias, version) in enumerate(arms.items()):
@@ -83,61 +87,60 @@ def publish_day(root: Path, features: pl.DataFrame, arms: dict[str, str]) -> str
             pl.Series("score", scores), pl.lit(MODEL).alias("model_name"), pl.lit(version).alias("model_version"),
             pl.lit(alias).alias("alias"), pl.lit("manual__test").alias("dag_run_id"),
         ))
-    path = io.local_path(day_dir)
+    path = storage.local_path(day_dir)
     path.mkdir(parents=True, exist_ok=True)
     pl.concat(parts).write_parquet(path / "predictions.parquet")
     frame.select("entity_id", "snapshot_ts", *FEATURES).write_parquet(path / "features.parquet")
-    return predictions_root
+    return artifact_root
 
 
-def warehouse(root: Path, test: pl.DataFrame, day: date = DAY) -> str:
-    """A SQLite warehouse whose churn_labels hold the test split's labels at ``day``."""
-    uri = f"sqlite:///{root / 'warehouse.db'}"
-    engine = sa.create_engine(uri)
-    with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE IF EXISTS churn_labels"))
-        connection.execute(sa.text("CREATE TABLE churn_labels (customer_id TEXT, snapshot_ts TIMESTAMP, churned INT)"))
-        connection.execute(
-            sa.text("INSERT INTO churn_labels VALUES (:c, :s, :y)"),
-            [{"c": c, "s": f"{day.isoformat()} 00:00:00.000000", "y": int(y)}
-             for c, y in zip(test["entity_id"], test["label"])],
-        )
-    engine.dispose()
-    return uri
+def extracted_labels(
+    root: Path, test: pl.DataFrame, day: date = DAY, source: LabelSource | None = None, score_date: date = DAY
+) -> str:
+    """What `features extract-labels --score-date score_date` writes when the warehouse holds the test
+    split's labels at ``day``: only the labels of the score date (an empty file when there are none)."""
+    directory = root / f"extract_labels_{day.isoformat()}"
+    frame = test.select(pl.col("entity_id").cast(pl.Utf8), pl.col("label").cast(pl.Int8))
+    if day != score_date:
+        frame = frame.clear()
+    uri = storage.join_uri(str(directory), LABELS_FILE)
+    storage.write_parquet(uri, frame)
+    LabelsManifest(
+        outputs={"labels": uri}, rows={"labels": frame.height}, score_date=score_date.isoformat(),
+        source=(source or LabelSource()).describe(),
+    ).write(str(directory))
+    return str(directory)
 
 
-def monitor(registry, tmp_path, predictions_root: str, warehouse_uri: str | None, *extra: str) -> dict:
+def monitor(registry, tmp_path, artifact_root: str, labels: str | None, *extra: str) -> dict:
     out = tmp_path / "monitor"
-    env = {"WAREHOUSE_URI": warehouse_uri} if warehouse_uri else {}
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        args = ["monitor", "--model-name", MODEL, "--score-date", DAY.isoformat(),
-                "--predictions-root", predictions_root, "--out", str(out), *extra]
-        assert main(args) == 0
-    return io.read_manifest(str(out))
+    args = ["monitor", "--model-name", MODEL, "--score-date", DAY.isoformat(),
+            "--artifact-root", artifact_root, "--out", str(out), *extra]
+    assert main([*args, "--labels", labels] if labels else args) == 0
+    return MonitorManifest.read(str(out)).model_dump(mode="json")
 
 
 # --- pure rules -------------------------------------------------------------------------------------------
 
 
 def test_ab_decision_rule():
-    rules = Thresholds(min_rows=100, ab_margin=0.01)
-    arm = lambda auc, rows=500: {"auc": auc, "rows": rows}
-    assert decide_ab(arm(0.80), arm(0.82), rules) == PROMOTE
-    assert decide_ab(arm(0.80), arm(0.805), rules) == KEEP
-    assert decide_ab(arm(0.80), arm(0.90, rows=50), rules) == INSUFFICIENT
-    assert decide_ab(arm(None), arm(0.90), rules) == INSUFFICIENT
+    rules = {"min_rows": 100, "margin": 0.01}
+    arm = lambda auc, rows=500: Score(value=auc, rows=rows)
+    assert decide_ab(arm(0.80), arm(0.82), **rules).action == PROMOTE
+    assert decide_ab(arm(0.80), arm(0.805), **rules).action == KEEP
+    assert decide_ab(arm(0.80), arm(0.90, rows=50), **rules).action == INSUFFICIENT
+    assert decide_ab(arm(None), arm(0.90), **rules).action == INSUFFICIENT
 
 
 def test_rollback_rule_needs_a_comparable_previous_champion_and_enough_rows():
-    rules = Thresholds(min_rows=100, rollback_margin=0.01)
-    champion = {"version": "2", "auc": 0.70, "rows": 500}
-    assert rollback_rule(champion, {"version": "1", "auc": 0.80, "comparable": True}, rules)[0] is True
-    assert rollback_rule(champion, {"version": "1", "auc": 0.705, "comparable": True}, rules)[0] is False
-    assert rollback_rule(champion, {"version": "1", "comparable": False, "reason": "x"}, rules)[0] is False
-    assert rollback_rule(champion, None, rules)[0] is False
-    assert rollback_rule({**champion, "rows": 10}, {"version": "1", "auc": 0.9, "comparable": True}, rules)[0] is False
+    rules = {"min_rows": 100, "margin": 0.01}
+    champion = Score(version="2", value=0.70, rows=500)
+    assert decide_rollback(champion, Score(version="1", value=0.80), **rules).acts is True
+    assert decide_rollback(champion, Score(version="1", value=0.705), **rules).acts is False
+    assert decide_rollback(champion, Score(version="1", comparable=False, reason="x"), **rules).acts is False
+    assert decide_rollback(champion, None, **rules).acts is False
+    few_rows = champion.model_copy(update={"rows": 10})
+    assert decide_rollback(few_rows, Score(version="1", value=0.9), **rules).acts is False
 
 
 # --- the step ---------------------------------------------------------------------------------------------
@@ -168,7 +171,7 @@ def test_no_drift_on_data_like_the_training_data(registry, tmp_path):
     assert report["prediction_psi"] < 0.1
     assert report["drift_detected"] is False and report["breached_features"] == []
     assert report["labels_available"] is False and report["realised"] == {"champion": None, "previous": None}
-    assert report["rollback_recommended"] is False and report["ab"] is None
+    assert report["rollback"]["action"] == KEEP and report["ab"] is None
 
 
 def test_shifted_features_are_detected_as_drift(registry, tmp_path):
@@ -189,34 +192,37 @@ def test_shifted_features_are_detected_as_drift(registry, tmp_path):
 def test_realised_auc_and_rollback_when_the_champion_is_worse_than_the_previous(registry, tmp_path):
     set_aliases(registry, champion="2", previous_champion="1")  # a bad promotion: the weak model serves
     root = publish_day(tmp_path, registry["test"], {"champion": "2"})
-    report = monitor(registry, tmp_path, root, warehouse(tmp_path, registry["test"]))
+    report = monitor(registry, tmp_path, root, extracted_labels(tmp_path, registry["test"]))
     champion, previous = report["realised"]["champion"], report["realised"]["previous"]
     assert report["labels_available"] is True and report["rows"]["labels"] == registry["test"].height
     assert champion["version"] == "2" and champion["rows"] == registry["test"].height
     assert previous["version"] == "1" and previous["comparable"] is True and previous["rows"] == champion["rows"]
     assert previous["auc"] > champion["auc"] + 0.05
-    assert report["rollback_recommended"] is True, report["rollback_reason"]
+    assert report["rollback"]["action"] == ROLLBACK, report["rollback"]["reason"]
+    assert report["rollback"]["incumbent"]["version"] == "2" and report["rollback"]["candidate"]["version"] == "1"
 
 
 def test_no_rollback_when_the_champion_is_the_better_model(registry, tmp_path):
     set_aliases(registry, champion="1", previous_champion="2")
     # predictions made by v2 before the alias moved: the champion's window is rescored with v1
     root = publish_day(tmp_path, registry["test"], {"champion": "2"})
-    report = monitor(registry, tmp_path, root, warehouse(tmp_path, registry["test"]))
+    report = monitor(registry, tmp_path, root, extracted_labels(tmp_path, registry["test"]))
     assert report["realised"]["champion"]["source"] == "rescored"
     assert report["realised"]["champion"]["auc"] > report["realised"]["previous"]["auc"]
-    assert report["rollback_recommended"] is False
+    assert report["rollback"]["action"] == KEEP
 
 
 def test_previous_champion_without_its_columns_is_not_comparable(registry, tmp_path):
     set_aliases(registry, champion="2", previous_champion="1")
     root = publish_day(tmp_path, registry["test"], {"champion": "2"})
-    features = io.local_path(io.join_uri(root, MODEL, DAY.isoformat(), "features.parquet"))
+    features = storage.local_path(
+        storage.join_uri(layout.predictions_dir(root, MODEL, DAY.isoformat()), "features.parquet")
+    )
     pl.read_parquet(features).drop("visits").write_parquet(features)
-    report = monitor(registry, tmp_path, root, warehouse(tmp_path, registry["test"]))
+    report = monitor(registry, tmp_path, root, extracted_labels(tmp_path, registry["test"]))
     previous = report["realised"]["previous"]
     assert previous["comparable"] is False and "visits" in previous["reason"]
-    assert report["rollback_recommended"] is False
+    assert report["rollback"]["action"] == KEEP and "visits" in report["rollback"]["reason"]
     assert report["missing_features"] == ["visits"]
 
 
@@ -225,38 +231,52 @@ def test_previous_champion_without_its_columns_is_not_comparable(registry, tmp_p
 def test_ab_test_arms_are_compared_on_their_labels(registry, tmp_path, arms, decision):
     set_aliases(registry, champion=arms["champion"], challenger=arms["challenger"], previous_champion=None)
     root = publish_day(tmp_path, registry["test"], arms)
-    report = monitor(registry, tmp_path, root, warehouse(tmp_path, registry["test"]))
+    report = monitor(registry, tmp_path, root, extracted_labels(tmp_path, registry["test"]))
     ab = report["ab"]
-    assert ab["decision"] == decision
-    assert ab["champion_version"] == arms["champion"] and ab["challenger_version"] == arms["challenger"]
-    assert ab["rows"]["champion"] + ab["rows"]["challenger"] == registry["test"].height
-    assert report["realised"]["champion"]["rows"] == ab["rows"]["champion"]
+    assert ab["rule"] == "ab_test" and ab["action"] == decision
+    champion_arm, challenger_arm = ab["incumbent"], ab["candidate"]
+    assert champion_arm["version"] == arms["champion"] and challenger_arm["version"] == arms["challenger"]
+    assert champion_arm["rows"] + challenger_arm["rows"] == registry["test"].height
+    assert report["realised"]["champion"]["rows"] == champion_arm["rows"]
 
 
 def test_labels_of_another_day_are_not_used(registry, tmp_path):
     set_aliases(registry, champion="1", previous_champion=None)
     root = publish_day(tmp_path, registry["test"], {"champion": "1"})
-    report = monitor(registry, tmp_path, root, warehouse(tmp_path, registry["test"], day=date(2024, 2, 5)))
-    assert report["labels_available"] is False and report["rollback_recommended"] is False
+    report = monitor(registry, tmp_path, root, extracted_labels(tmp_path, registry["test"], day=date(2024, 2, 5)))
+    assert report["labels_available"] is False and report["rollback"]["action"] == KEEP
 
 
-def test_missing_predictions_fail_naming_the_file(registry, tmp_path):
-    with pytest.raises(SystemExit, match="predictions.parquet"):
-        monitor(registry, tmp_path, (tmp_path / "nothing").as_uri(), None)
+def test_labels_extracted_for_another_score_date_are_refused(registry, tmp_path, capsys):
+    set_aliases(registry, champion="1", previous_champion=None)
+    root = publish_day(tmp_path, registry["test"], {"champion": "1"})
+    labels = extracted_labels(tmp_path, registry["test"], day=date(2024, 2, 5), score_date=date(2024, 2, 5))
+    args = ["monitor", "--model-name", MODEL, "--score-date", DAY.isoformat(), "--artifact-root", root,
+            "--labels", labels, "--out", str(tmp_path / "monitor")]
+    assert main(args) == 1
+    assert "2024-02-05" in capsys.readouterr().err
+    assert not MonitorManifest.exists(str(tmp_path / "monitor"))
+
+
+def test_missing_predictions_fail_naming_the_file(registry, tmp_path, capsys):
+    args = ["monitor", "--model-name", MODEL, "--score-date", DAY.isoformat(),
+            "--artifact-root", (tmp_path / "nothing").as_uri(), "--out", str(tmp_path / "monitor")]
+    assert main(args) == 1
+    assert "predictions.parquet" in capsys.readouterr().err
 
 
 def test_labels_query_and_bad_identifiers(registry, tmp_path):
     set_aliases(registry, champion="1", previous_champion=None)
     root = publish_day(tmp_path, registry["test"], {"champion": "1"})
-    wh = warehouse(tmp_path, registry["test"])
-    report = monitor(registry, tmp_path, root, wh, "--labels-query",
-                     "SELECT customer_id AS cid, snapshot_ts AS snap, churned AS y FROM churn_labels",
-                     "--entity-key", "cid", "--snapshot-column", "snap", "--label-column", "y")
+    source = LabelSource(labels_table=None,
+                         labels_query="SELECT customer_id AS cid, snapshot_ts AS snap, churned AS y FROM churn_labels",
+                         entity_key="cid", snapshot_column="snap", label_column="y")
+    report = monitor(registry, tmp_path, root, extracted_labels(tmp_path, registry["test"], source=source))
     assert report["realised"]["champion"]["rows"] == registry["test"].height
-    assert report["labels_source"]["query"].startswith("SELECT")
-    with pytest.raises(SystemExit) as error:
-        monitor(registry, tmp_path, root, wh, "--entity-key", "id; drop table x")
-    assert error.value.code == 2
+    assert report["labels_source"]["labels_query"].startswith("SELECT")
+    # the extract-labels step's options are checked as plain identifiers before any SQL runs
+    with pytest.raises(SourceError, match="entity-key"):
+        LabelSource(entity_key="id; drop table x")
     assert np.isfinite(report["realised"]["champion"]["auc"])
 
 
@@ -276,7 +296,11 @@ def test_dag_acts_only_on_the_report_and_survives_skips(monitoring_dag):
     from mlplatform.assets import DRIFT_ASSET
 
     dag = monitoring_dag
-    assert dag.get_task("monitor").upstream_task_ids == {"resolve_score_date"}
+    # the realised labels come from a features step, so the trainer's monitor pod reads no warehouse
+    labels, monitor = dag.get_task("extract_labels"), dag.get_task("monitor")
+    assert labels.upstream_task_ids == {"resolve_score_date"}
+    assert "extract_labels" in monitor.upstream_task_ids
+    assert monitor.upstream_task_ids <= {"resolve_score_date", "extract_labels"}
     assert dag.get_task("read_report").upstream_task_ids == {"monitor"}
     emit = dag.get_task("emit_retrain_signal")
     assert emit.outlets == [DRIFT_ASSET] and emit.upstream_task_ids == {"read_report"}
@@ -285,7 +309,8 @@ def test_dag_acts_only_on_the_report_and_survives_skips(monitoring_dag):
     ab = dag.get_task("decide_ab_test")
     assert ab.upstream_task_ids == {"read_report", "rollback_if_degraded"}
     assert ab.trigger_rule == "none_failed"
-    assert "WAREHOUSE_URI" in {e.name for e in dag.get_task("monitor").env_vars}  # reads realised labels
+    assert "WAREHOUSE_URI" in {e.name for e in labels.env_vars}  # reads realised labels
+    assert "WAREHOUSE_URI" not in {e.name for e in monitor.env_vars}
 
 
 def test_retrain_signal_is_skipped_without_drift_and_emitted_with_it(monitoring_dag):

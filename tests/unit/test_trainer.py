@@ -18,7 +18,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from features import io
+from mlcontract import storage
+from mlcontract.manifests import (
+    BuildManifest,
+    EvaluateManifest,
+    ExtractManifest,
+    GateManifest,
+    SnapshotManifest,
+    TrainManifest,
+    TrialManifest,
+)
 from trainer import model
 from trainer.cli import main
 
@@ -66,38 +75,26 @@ def make_snapshot(root: Path, columns: list[str], seed: int = 0, rows: int = 300
         frame = _split(rng, n, dates[split], columns)
         if split == "test":
             oracle = float(roc_auc_score(frame["label"], frame["p_true"]))
-        path = io.local_path(io.join_uri(snapshot_uri, f"{split}.parquet"))
+        path = storage.local_path(storage.join_uri(snapshot_uri, f"{split}.parquet"))
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.drop("p_true").write_parquet(path)
-    snapshot_manifest = {
-        "snapshot_hash": snapshot_hash,
-        "feature_columns": columns,
-        "rows": sizes,
-        "splits": {k: [str(d.date()) for d in v] for k, v in dates.items()},
-    }
-    io.write_manifest(snapshot_uri, snapshot_manifest)
+    splits = {k: [str(d.date()) for d in v] for k, v in dates.items()}
+    SnapshotManifest(
+        snapshot_hash=snapshot_hash, feature_columns=columns, rows=sizes, label_rate={}, splits=splits,
+        feature_config={}, categories={}, code_version="test",
+    ).write(snapshot_uri)
     extract_dir = str(root / "runs" / "extract")
-    io.write_manifest(
-        extract_dir,
-        {
-            "step": "extract",
-            "outputs": {},
-            "content_hash": "abc",
-            "source": {"events_table": "events", "labels_table": "churn_labels"},
-        },
-    )
+    ExtractManifest(
+        rows={}, parts=0, content_hash="abc", snapshots=[],
+        source={"events_table": "events", "labels_table": "churn_labels"},
+    ).write(extract_dir)
     build_dir = str(root / "runs" / f"build-{snapshot_hash}")
-    io.write_manifest(
-        build_dir,
-        {
-            "step": "build",
-            "outputs": {"snapshot": snapshot_uri},
-            "reused": False,
-            "snapshot_uri": snapshot_uri,
-            "extract_uri": extract_dir,
-            **snapshot_manifest,
-        },
-    )
+    # No copy of the source in the build manifest: lineage follows `extract` to the extract's manifest.
+    BuildManifest(
+        outputs={"snapshot": snapshot_uri}, snapshot_uri=snapshot_uri, snapshot_hash=snapshot_hash, reused=False,
+        extract=extract_dir, extract_content_hash="abc", feature_columns=columns, rows=sizes, label_rate={},
+        splits=splits, feature_config={},
+    ).write(build_dir)
     return build_dir, oracle
 
 
@@ -128,7 +125,10 @@ def validation_dir(tmp_path) -> str:
     directory = tmp_path / "validate_features"
     (directory / "validation.json").parent.mkdir(parents=True)
     (directory / "validation.json").write_text(json.dumps({"success": True, "results": []}))
-    io.write_manifest(str(directory), {"step": "validate-features", "success": True, "failures": []})
+    GateManifest(
+        step="validate-features", results_uri=str(directory / "validation.json"), success=True, failures=[],
+        rows={"features": 0}, expectations=0, input="features",
+    ).write(str(directory))
     return str(directory)
 
 
@@ -159,7 +159,7 @@ def train(
         *extra,
     ]
     assert main(args) == 0
-    return io.read_manifest(str(out))
+    return TrainManifest.read(str(out)).model_dump(mode="json")
 
 
 def evaluate(features: str, out: Path, name: str, version: str) -> dict:
@@ -179,7 +179,7 @@ def evaluate(features: str, out: Path, name: str, version: str) -> dict:
         )
         == 0
     )
-    return io.read_manifest(str(out))
+    return EvaluateManifest.read(str(out)).model_dump(mode="json")
 
 
 # --- search space and parameters (no data) ---------------------------------------------------------
@@ -259,7 +259,7 @@ def test_trial_writes_complete_manifest_and_stops_early(tmp_path, snapshot, caps
         )
         == 0
     )
-    manifest = io.read_manifest(str(tmp_path))
+    manifest = TrialManifest.read(str(tmp_path)).model_dump(mode="json")
     assert manifest["step"] == "trial" and manifest["outputs"] == {}
     assert manifest["params"] == model.resolve_params(params)
     assert manifest["params"]["n_estimators"] == 2000
@@ -290,7 +290,7 @@ def test_trial_by_search_space_index(tmp_path, snapshot):
         str(tmp_path),
     ]
     assert main(args) == 0
-    manifest = io.read_manifest(str(tmp_path))
+    manifest = TrialManifest.read(str(tmp_path)).model_dump(mode="json")
     assert manifest["trial_index"] == 2
     assert manifest["params"] == {**model.search_space(4, 9)[2], "n_estimators": 30}
     assert manifest["rounds"] <= 30
@@ -328,12 +328,12 @@ def test_fit_is_deterministic_for_a_seed(snapshot):
     assert one.booster.save_raw("json") != other.booster.save_raw("json")
 
 
-def test_missing_feature_column_is_named(tmp_path, snapshot):
-    manifest = io.read_manifest(snapshot[0])
+def test_missing_feature_column_is_named(tmp_path, snapshot, capsys):
+    manifest = BuildManifest.read(snapshot[0])
     broken = str(tmp_path / "build")
-    io.write_manifest(broken, {**manifest, "feature_columns": [*FEATURES, "no_such_feature"]})
-    with pytest.raises(SystemExit, match="no_such_feature"):
-        main(["trial", "--features", broken, "--params", "{}", "--seed", "1", "--out", str(tmp_path / "o")])
+    manifest.model_copy(update={"feature_columns": [*FEATURES, "no_such_feature"]}).write(broken)
+    assert main(["trial", "--features", broken, "--params", "{}", "--seed", "1", "--out", str(tmp_path / "o")]) == 1
+    assert "no_such_feature" in capsys.readouterr().err
 
 
 # --- train ------------------------------------------------------------------------------------------
@@ -423,7 +423,7 @@ def test_rerun_reuses_version_and_same_seed_gives_same_model(tmp_path, snapshot,
     assert second["model_version"] == "2"
     assert str(client.get_model_version_by_alias("churn-b", "challenger").version) == "2"
     test = pl.read_parquet(
-        io.local_path(io.join_uri(io.read_manifest(features)["snapshot_uri"], "test.parquet"))
+        storage.local_path(storage.join_uri(BuildManifest.read(features).snapshot_uri, "test.parquet"))
     )
     assert np.array_equal(predict(first["model_uri"], test), predict(second["model_uri"], test))
 
@@ -464,7 +464,7 @@ def test_evaluate_against_champion_on_older_feature_set(tmp_path, snapshot, mlfl
     assert result["champion"]["metrics"]["rows"] == result["challenger"]["metrics"]["rows"] == 3000
     assert result["challenger"]["metrics"]["auc"] > result["champion"]["metrics"]["auc"]  # x5..x7 are noise,
     # but the champion never saw `visits`, which carries signal
-    scores = pl.read_parquet(io.local_path(result["outputs"]["test_scores"]))
+    scores = pl.read_parquet(storage.local_path(result["outputs"]["test_scores"]))
     assert scores.height == 3000
     assert scores["challenger_score"].null_count() == scores["champion_score"].null_count() == 0
     metrics = client.get_run(challenger["mlflow_run_id"]).data.metrics
@@ -498,7 +498,7 @@ def test_predict_uses_signature_columns_in_order(tmp_path, snapshot, mlflow_env)
     features, _ = snapshot
     trained = train(features, tmp_path / "train", "churn-f", "run-f", mlflow_env)
     test = pl.read_parquet(
-        io.local_path(io.join_uri(io.read_manifest(features)["snapshot_uri"], "test.parquet"))
+        storage.local_path(storage.join_uri(BuildManifest.read(features).snapshot_uri, "test.parquet"))
     )
     scores = predict(trained["model_uri"], test)
     assert scores.shape == (test.height,) and ((scores > 0) & (scores < 1)).all()

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from mlcontract.manifests.base import Manifest
-from mlcontract.rules import Decision
+from mlcontract.rules import Decision, Score
 
 
 class TrialManifest(Manifest):
@@ -37,7 +37,7 @@ class TrainManifest(Manifest):
     model_name: str
     logged_model_uri: str
     mlflow_run_id: str
-    metrics: dict[str, float]
+    metrics: dict[str, float | int]
     threshold: float
     params: dict[str, Any]
     seed: int
@@ -60,7 +60,7 @@ class ModelEvaluation(BaseModel):
     version: str
     run_id: str | None = None
     comparable: bool
-    metrics: dict[str, float] | None = None
+    metrics: dict[str, float | int] | None = None
     reason: str | None = None
 
 
@@ -95,16 +95,73 @@ class ScoreManifest(Manifest):
     score_std: float | None = None
 
 
+class MonitorThresholds(BaseModel):
+    """The monitor's limits: drift above ``psi``; no verdict on fewer than ``min_rows``; the rules' margins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    psi: float = 0.2
+    min_rows: int = 100
+    rollback_margin: float = 0.01
+    ab_margin: float = 0.0
+
+
+class RealisedAUC(BaseModel):
+    """A model's AUC on the score date's labelled rows, or why there is none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None
+    auc: float | None = None
+    rows: int = 0
+    positive_rate: float | None = None
+    comparable: bool = True
+    reason: str | None = None  # why the model could not be scored on these rows
+    source: str | None = None  # the champion's scores: "predictions", "rescored", or why neither
+
+    def score(self) -> Score:
+        return Score(version=self.version, value=self.auc, rows=self.rows, comparable=self.comparable,
+                     reason=self.reason)
+
+
+class Realised(BaseModel):
+    """Realised performance: the champion on its labelled predictions, the previous champion on the same rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    champion: RealisedAUC | None = None
+    previous: RealisedAUC | None = None
+
+
 class MonitorManifest(Manifest):
     """``monitor``: drift and realised performance of the champion for one score date, with the rollback
-    and A/B decisions (:mod:`mlcontract.rules`); the monitoring DAG acts on them."""
+    and A/B decisions (:mod:`mlcontract.rules`); the monitoring DAG acts on them.
+
+    - ``outputs``: ``predictions``, ``features`` (None when not published) and ``labels`` (the labels file
+      read, None without ``--labels``).
+    - ``rows``: ``predictions``, ``champion_arm``, ``features``, ``labels``.
+    - drift: ``drift_evaluated`` (False with the reason in ``drift_note``), ``psi`` per feature,
+      ``breached_features`` (PSI above ``thresholds.psi``, worst first), ``missing_features``,
+      ``prediction_psi``, ``drift_detected``; ``reference`` names the model version whose training
+      reference was used (``version``, ``run_id``, ``artifact``).
+    - ``labels_source``: the warehouse source of the labels (the ``extract-labels`` manifest's ``source``).
+    - ``realised``: ``champion`` and ``previous`` (:class:`RealisedAUC`), None before labels exist.
+    - ``rollback``: a :class:`~mlcontract.rules.Decision` (``rule="rollback"``); roll back when
+      ``rollback.action == "rollback"`` (``rollback.acts``), ``rollback.reason`` says why (not);
+      ``rollback.incumbent`` is the judged champion, ``rollback.candidate`` the previous champion.
+    - ``ab``: the A/B test's :class:`~mlcontract.rules.Decision` (``rule="ab_test"``), None unless the
+      predictions hold both arms and labels exist: ``ab.action`` is ``promote``, ``keep`` or
+      ``insufficient_data``; ``ab.incumbent`` is the champion arm and ``ab.candidate`` the challenger arm
+      (``version`` = the versions that served the arm, ``value`` = AUC, ``rows`` = labelled rows);
+      ``ab.margin``, ``ab.min_rows``.
+    """
 
     step: Literal["monitor"] = "monitor"
     model_name: str
     score_date: str
     rows: dict[str, int]
-    reference: dict[str, Any]
-    thresholds: dict[str, float]
+    reference: dict[str, str | None]
+    thresholds: MonitorThresholds
     ignored_features: list[str]
     drift_evaluated: bool
     drift_note: str | None = None
@@ -113,9 +170,8 @@ class MonitorManifest(Manifest):
     missing_features: list[str]
     prediction_psi: float | None = None
     drift_detected: bool
-    labels: str | None = None
+    labels_source: dict[str, Any] | None = None
     labels_available: bool
-    realised: dict[str, Any]
+    realised: Realised
     rollback: Decision
-    ab: dict[str, Any] | None = None
-    ab_decision: Decision | None = None
+    ab: Decision | None = None

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import numpy as np
     import xgboost as xgb
 
+    from trainer.data import Snapshot
+
 log = logging.getLogger(__name__)
 
 # Tunable hyperparameters with the defaults a trial starts from. The first point of every search is
@@ -189,6 +191,29 @@ def fit(
         device,
     )
     return FitResult(best, resolved, best_iteration, valid_auc, rounds, seconds, device)
+
+
+def fit_snapshot(
+    snapshot: Snapshot,
+    params: Mapping[str, Any] | None,
+    seed: int,
+    device: str = "cpu",
+    log_every: int = 100,
+    label: str = "fit",
+) -> FitResult:
+    """:func:`fit` on a snapshot's train split, early-stopped on its valid split (trials and the final fit)."""
+    columns = snapshot.feature_columns
+    train, valid = snapshot["train"], snapshot["valid"]
+    return fit(
+        (train.features(columns), train.label),
+        (valid.features(columns), valid.label),
+        columns,
+        params,
+        seed=seed,
+        device=device,
+        log_every=log_every,
+        label=label,
+    )
 
 
 def predict_proba(booster: xgb.Booster, x: np.ndarray, feature_names: list[str]) -> np.ndarray:

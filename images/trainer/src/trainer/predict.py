@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from trainer.errors import IncompatibleFeatures
 
-class IncompatibleFeatures(ValueError):
-    """The frame lacks columns the model's signature needs."""
+__all__ = ["IncompatibleFeatures", "input_columns", "load", "model_frame", "predict", "score"]
 
 
 def load(model_uri: str) -> Any:

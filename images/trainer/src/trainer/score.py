@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
-from io import BytesIO
-from typing import Any
 
 import numpy as np
 import polars as pl
-from features import io
+from mlcontract import registry, storage
+from mlcontract.errors import StepInputError
+from mlcontract.manifests import ScoreManifest, ScoringBuildManifest
+from mlcontract.names import CHALLENGER, CHAMPION, ENTITY, PREDICTIONS_FILE
 from mlflow import MlflowClient
 
-from trainer import predict, tracking
+from trainer import predict
+from trainer.errors import ModelVersionNotFound
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.parquet"
 _HASH_SPACE = float(1 << 64)
 
 
@@ -50,9 +50,9 @@ def assign_arms(entity_ids: list[str] | pl.Series, share: float, salt: str) -> n
 
 
 def _resolve(client: MlflowClient, model_name: str, alias: str):
-    version = tracking.version_by_alias(client, model_name, alias)
+    version = registry.version_by_alias(client, model_name, alias)
     if version is None:
-        raise SystemExit(f"{model_name} has no @{alias} model version: nothing to score with")
+        raise ModelVersionNotFound(f"{model_name} has no @{alias} model version: nothing to score with")
     return version
 
 
@@ -61,52 +61,50 @@ def run_score(
     model_name: str,
     out: str,
     *,
-    alias: str = tracking.CHAMPION,
+    alias: str = CHAMPION,
     ab_challenger_share: float = 0.0,
     expect_version: str | None = None,
     challenger_version: str | None = None,
     dag_run_id: str | None = None,
-) -> dict[str, Any]:
+) -> ScoreManifest:
     started = time.perf_counter()
-    built = io.read_manifest(features_dir)
-    fs, path = io.filesystem(built["outputs"]["features"])
-    with fs.open(path, "rb") as handle:
-        features = pl.read_parquet(handle)
-    score_date = built["score_date"]
-    dag_run_id = dag_run_id or os.environ.get("PIPELINE_RUN_ID") or "manual"
+    built = ScoringBuildManifest.read(features_dir)
+    features_uri = built.output("features")
+    features = storage.read_parquet(features_uri)
+    score_date = built.score_date
+    dag_run_id = dag_run_id or "manual"
 
     client = MlflowClient()
     main = _resolve(client, model_name, alias)
     if expect_version and str(main.version) != str(expect_version):
-        raise SystemExit(
+        raise StepInputError(
             f"@{alias} of {model_name} is now version {main.version}, but the features were built for "
-            "version "
-            f"{expect_version}: the alias moved during this run; rerun the DAG"
+            f"version {expect_version}: the alias moved during this run; rerun the DAG"
         )
     arms = {alias: main}
-    to_challenger = assign_arms(features["entity_id"], ab_challenger_share, salt=model_name)
+    to_challenger = assign_arms(features[ENTITY], ab_challenger_share, salt=model_name)
     if to_challenger.any():
-        arms[tracking.CHALLENGER] = (
+        arms[CHALLENGER] = (
             client.get_model_version(model_name, str(challenger_version)) if challenger_version
-            else _resolve(client, model_name, tracking.CHALLENGER)
+            else _resolve(client, model_name, CHALLENGER)
         )
 
     scores = np.full(features.height, np.nan)
-    row_alias = np.where(to_challenger, tracking.CHALLENGER, alias)
+    row_alias = np.where(to_challenger, CHALLENGER, alias)
     row_version = np.empty(features.height, dtype=object)
     for arm, version in arms.items():
         rows = row_alias == arm
-        uri = tracking.model_uri(model_name, version.version)
+        uri = registry.model_uri(model_name, version.version)
         try:
             scores[rows] = predict.predict(uri, features.filter(pl.Series(rows)))
         except predict.IncompatibleFeatures as error:
-            raise SystemExit(f"@{arm} ({uri}) cannot score these features: {error}") from None
+            raise predict.IncompatibleFeatures(f"@{arm} ({uri}) cannot score these features: {error}") from None
         row_version[rows] = str(version.version)
         log.info("scored %s entities with @%s (%s)", f"{int(rows.sum()):,}", arm, uri)
 
     predictions = pl.DataFrame(
         {
-            "entity_id": features["entity_id"].cast(pl.String),
+            ENTITY: features[ENTITY].cast(pl.String),
             "score_date": pl.Series([score_date] * features.height).str.to_date("%Y-%m-%d"),
             "score": pl.Series(scores, dtype=pl.Float64),
             "model_name": [model_name] * features.height,
@@ -116,32 +114,29 @@ def run_score(
         },
         schema_overrides={"model_name": pl.String, "dag_run_id": pl.String},
     )
-    predictions_uri = io.join_uri(out, PREDICTIONS_FILE)
-    buffer = BytesIO()  # a few narrow columns: small enough to write in one atomic put
-    predictions.write_parquet(buffer, compression="zstd", statistics=True)
-    io.atomic_write_bytes(predictions_uri, buffer.getvalue())
+    predictions_uri = storage.join_uri(out, PREDICTIONS_FILE)
+    storage.write_parquet(predictions_uri, predictions)
 
     valid = predictions["score"].drop_nans().drop_nulls()
-    manifest = {
-        "step": "score",
-        "outputs": {"predictions": predictions_uri, "features": built["outputs"]["features"]},
-        "rows": {"predictions": predictions.height, **{a: int((row_alias == a).sum()) for a in arms}},
-        "model_name": model_name,
-        "alias": alias,
-        "model_version": str(main.version),
-        "model_run_id": main.run_id,
-        "versions": {arm: str(version.version) for arm, version in arms.items()},
-        "ab_challenger_share": ab_challenger_share,
-        "score_date": score_date,
-        "dag_run_id": dag_run_id,
-        "reference_snapshot_uri": built.get("reference_snapshot_uri"),
-        "feature_columns": built.get("feature_columns"),
-        "score_mean": float(valid.mean()) if valid.len() else None,
-        "score_std": float(valid.std()) if valid.len() > 1 else None,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    io.write_manifest(out, manifest)
+    manifest = ScoreManifest(
+        outputs={"predictions": predictions_uri, "features": features_uri},
+        rows={"predictions": predictions.height, **{a: int((row_alias == a).sum()) for a in arms}},
+        model_name=model_name,
+        alias=alias,
+        model_version=str(main.version),
+        model_run_id=main.run_id,
+        versions={arm: str(version.version) for arm, version in arms.items()},
+        ab_challenger_share=ab_challenger_share,
+        score_date=score_date,
+        dag_run_id=dag_run_id,
+        reference_snapshot_uri=built.reference_snapshot_uri,
+        feature_columns=built.feature_columns,
+        score_mean=float(valid.mean()) if valid.len() else None,
+        score_std=float(valid.std()) if valid.len() > 1 else None,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    manifest.write(out)
     log.info("score done: %s predictions for %s, mean %.4f", f"{predictions.height:,}", score_date,
-             manifest["score_mean"] or float("nan"))
+             manifest.score_mean or float("nan"))
     return manifest
 

@@ -1,8 +1,9 @@
-"""MLflow: the experiment, lineage tags, and the registry operations the trainer needs.
+"""MLflow: the experiment, lineage tags, and the registry lookups the trainer needs beyond the contract's.
 
 The tracking server comes from ``MLFLOW_TRACKING_URI`` (read by MLflow itself). That URI may carry a
 password, so it is never logged, tagged or written to a manifest; neither is any other env value
-except the named, non-secret lineage variables below.
+except the named, non-secret lineage variables of :class:`~mlcontract.env.StepEnvironment`.
+Alias lookups are :func:`mlcontract.registry.version_by_alias`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
 
 import mlflow
-from features import io
+from mlcontract import storage
+from mlcontract.env import StepEnvironment
+from mlcontract.errors import ManifestError
+from mlcontract.manifests import BuildManifest, ExtractManifest
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -23,50 +25,21 @@ from mlflow.exceptions import MlflowException
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "customer-churn"
-CHALLENGER = "challenger"
-CHAMPION = "champion"
 RUN_KEY_TAG = "pipeline_run_key"
 MAX_TAG_LENGTH = 5000  # below MLflow's limit on tag values
 
 
-@dataclass(frozen=True)
-class Lineage:
-    """Where a model came from, from the pod's env (set by the DAG's pod factory)."""
-
-    dag_id: str | None
-    run_id: str | None
-    task_id: str | None
-    code_version: str
-    image_ref: str | None
-
-    @classmethod
-    def from_env(cls) -> Lineage:
-        env = os.environ
-        return cls(
-            dag_id=env.get("PIPELINE_DAG_ID") or None,
-            run_id=env.get("PIPELINE_RUN_ID") or None,
-            task_id=env.get("PIPELINE_TASK_ID") or None,
-            code_version=env.get("CODE_VERSION") or _package_version(),
-            image_ref=env.get("IMAGE_REF") or None,
-        )
-
-    @property
-    def pipeline_run_key(self) -> str | None:
-        """Identifies one pipeline run: a rerun of its train task finds the version it registered."""
-        if self.dag_id and self.run_id:
-            return f"{self.dag_id}/{self.run_id}"
-        return None
-
-    def tags(self) -> dict[str, str]:
-        tags = {
-            "airflow_dag_id": self.dag_id,
-            "airflow_run_id": self.run_id,
-            "airflow_task_id": self.task_id,
-            RUN_KEY_TAG: self.pipeline_run_key,
-            "code_version": self.code_version,
-            "image_ref": self.image_ref,
-        }
-        return {k: v for k, v in tags.items() if v}
+def lineage_tags(env: StepEnvironment) -> dict[str, str]:
+    """Where a model came from: the pod's Airflow ids, code version and image (set by the pod factory)."""
+    tags = {
+        "airflow_dag_id": env.pipeline_dag_id,
+        "airflow_run_id": env.pipeline_run_id,
+        "airflow_task_id": env.pipeline_task_id,
+        RUN_KEY_TAG: env.pipeline_run_key,
+        "code_version": env.code_version or _package_version(),
+        "image_ref": env.image_ref,
+    }
+    return {k: v for k, v in tags.items() if v}
 
 
 def _package_version() -> str:
@@ -76,33 +49,26 @@ def _package_version() -> str:
         return "unknown"
 
 
-def data_lineage_tags(build_manifest: dict[str, Any]) -> dict[str, str]:
-    """Snapshot hash, feature set and the warehouse source (tables/queries), as far as they are known.
+def data_lineage_tags(build: BuildManifest) -> dict[str, str]:
+    """Snapshot hash, feature set and the warehouse source (tables/queries) the snapshot was built from.
 
-    The source is in the extract manifest; the build manifest either copies it (``source``) or points at
-    the extract step (``extract``/``extract_uri``/``inputs.extract``). Missing pieces are left out.
+    The build manifest copies the extract's ``source`` when it has it; otherwise the source is read from
+    the extract step's manifest (``extract``). An unreadable extract manifest leaves the source untagged.
     """
     tags = {
-        "snapshot_hash": build_manifest.get("snapshot_hash"),
-        "snapshot_uri": build_manifest.get("snapshot_uri"),
-        "feature_columns_hash": io.hash_json(list(build_manifest.get("feature_columns", []))),
-        "extract_content_hash": build_manifest.get("extract_content_hash"),
+        "snapshot_hash": build.snapshot_hash,
+        "snapshot_uri": build.snapshot_uri,
+        "feature_columns_hash": storage.hash_json(list(build.feature_columns)),
+        "extract_content_hash": build.extract_content_hash,
     }
-    source = build_manifest.get("source")
-    extract_dir = (
-        build_manifest.get("extract_uri")
-        or build_manifest.get("extract")
-        or (build_manifest.get("inputs") or {}).get("extract")
-    )
-    if source is None and isinstance(extract_dir, str):
+    source = build.source
+    if source is None:
         try:
-            extract = io.read_manifest(extract_dir)
-            source = extract.get("source")
-            tags["extract_content_hash"] = tags["extract_content_hash"] or extract.get("content_hash")
-        except (FileNotFoundError, OSError, ValueError) as error:
+            source = ExtractManifest.read(build.extract).source
+        except (ManifestError, OSError) as error:
             log.warning("extract manifest not readable (%s); source lineage not tagged", error)
     if source is not None:
-        tags["source"] = _truncate(source if isinstance(source, str) else json.dumps(source, sort_keys=True))
+        tags["source"] = _truncate(json.dumps(source, sort_keys=True))
     return {k: str(v) for k, v in tags.items() if v}
 
 
@@ -135,16 +101,3 @@ def find_version_by_run_key(client: MlflowClient, model_name: str, run_key: str)
     # Re-check in Python: the filter grammar differs a little between registry backends.
     matches = [v for v in found if v.name == model_name and v.tags.get(RUN_KEY_TAG) == run_key]
     return min(matches, key=lambda v: int(v.version)) if matches else None
-
-
-def version_by_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
-    try:
-        return client.get_model_version_by_alias(model_name, alias)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
-
-
-def model_uri(model_name: str, version: str | int) -> str:
-    return f"models:/{model_name}/{version}"

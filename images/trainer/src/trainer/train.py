@@ -16,7 +16,10 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from features import io
+from mlcontract import registry, storage
+from mlcontract.env import StepEnvironment
+from mlcontract.manifests import GateManifest, TrainManifest
+from mlcontract.names import CHALLENGER
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
@@ -41,12 +44,13 @@ def run_train(
     validations: list[str] | tuple[str, ...] = (),
     device: str = "cpu",
     log_every: int = 100,
-) -> dict[str, Any]:
-    lineage = tracking.Lineage.from_env()
+    env: StepEnvironment | None = None,
+) -> TrainManifest:
+    env = env or StepEnvironment()
     tracking.use_experiment()
     client = MlflowClient()
 
-    run_key = lineage.pipeline_run_key
+    run_key = env.pipeline_run_key
     if run_key is None:
         log.warning("PIPELINE_DAG_ID/PIPELINE_RUN_ID not set: reruns cannot reuse the registered version")
     else:
@@ -58,16 +62,7 @@ def run_train(
     snapshot = load_snapshot(features_dir)
     columns = snapshot.feature_columns
     train, valid, test = snapshot["train"], snapshot["valid"], snapshot["test"]
-    result = model.fit(
-        (train.features(columns), train.label),
-        (valid.features(columns), valid.label),
-        columns,
-        params,
-        seed=seed,
-        device=device,
-        log_every=log_every,
-        label="final fit",
-    )
+    result = model.fit_snapshot(snapshot, params, seed, device=device, log_every=log_every, label="final fit")
     scores = {
         s.name: model.predict_proba(result.booster, s.features(columns), columns) for s in (valid, test)
     }
@@ -79,11 +74,12 @@ def run_train(
     log.info("valid-auc=%.4f test-auc=%.4f", metrics["valid_auc"], metrics["test_auc"])
     reference = drift.build_reference({c: train.frame[c].to_numpy() for c in columns}, scores["test"])
 
+    plots_uri = storage.join_uri(out, "plots")
     figures = _figures(result, {s.name: (s.label, scores[s.name]) for s in (valid, test)})
     for name, png in figures.items():
-        io.atomic_write_bytes(io.join_uri(out, "plots", name), png)
+        storage.write_bytes(storage.join_uri(plots_uri, name), png)
 
-    tags = {**lineage.tags(), **tracking.data_lineage_tags(snapshot.build_manifest), "seed": str(seed)}
+    tags = {**tracking.lineage_tags(env), **tracking.data_lineage_tags(snapshot.build), "seed": str(seed)}
     logged_params = {
         **result.params,
         "seed": seed,
@@ -120,34 +116,33 @@ def run_train(
         )
         # Everything but the version number is stored with the run *before* registering, so a retry
         # that finds the registered version can always rebuild the same manifest (see _reuse).
-        manifest = {
-            "step": "train",
-            "model_name": model_name,
-            "logged_model_uri": info.model_uri,
-            "mlflow_run_id": run.info.run_id,
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "threshold": THRESHOLD,
-            "params": result.params,
-            "seed": seed,
-            "device": device,
-            "best_iteration": result.best_iteration,
-            "feature_columns": columns,
-            "snapshot_hash": snapshot.snapshot_hash,
-            "pipeline_run_key": run_key,
-            "plots_uri": io.join_uri(out, "plots"),
-            "fit_seconds": round(result.seconds, 3),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        mlflow.log_dict(manifest, MANIFEST_ARTIFACT)
+        manifest = TrainManifest(
+            model_name=model_name,
+            logged_model_uri=info.model_uri,
+            mlflow_run_id=run.info.run_id,
+            metrics=metrics,
+            threshold=THRESHOLD,
+            params=result.params,
+            seed=seed,
+            device=device,
+            best_iteration=result.best_iteration,
+            feature_columns=columns,
+            snapshot_hash=snapshot.snapshot_hash,
+            pipeline_run_key=run_key,
+            plots_uri=plots_uri,
+            fit_seconds=round(result.seconds, 3),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        mlflow.log_dict(manifest.model_dump(mode="json"), MANIFEST_ARTIFACT)
         version = mlflow.register_model(info.model_uri, model_name, tags=tags)
-        client.set_registered_model_alias(model_name, tracking.CHALLENGER, str(version.version))
-        log.info("registered %s version %s as @%s", model_name, version.version, tracking.CHALLENGER)
+        client.set_registered_model_alias(model_name, CHALLENGER, str(version.version))
+        log.info("registered %s version %s as @%s", model_name, version.version, CHALLENGER)
     manifest = _with_version(manifest, model_name, version.version)
-    io.write_manifest(out, manifest)
+    manifest.write(out)
     return manifest
 
 
-def _reuse(client: MlflowClient, version, out: str) -> dict[str, Any]:
+def _reuse(client: MlflowClient, version, out: str) -> TrainManifest:
     """A rerun of a task that already registered its version: re-point the alias, rewrite the manifest."""
     log.info(
         "%s version %s already registered for %s: reusing it, not training again",
@@ -155,21 +150,19 @@ def _reuse(client: MlflowClient, version, out: str) -> dict[str, Any]:
         version.version,
         version.tags.get(tracking.RUN_KEY_TAG),
     )
-    client.set_registered_model_alias(version.name, tracking.CHALLENGER, str(version.version))
-    stored = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{MANIFEST_ARTIFACT}")
+    client.set_registered_model_alias(version.name, CHALLENGER, str(version.version))
+    stored_uri = f"runs:/{version.run_id}/{MANIFEST_ARTIFACT}"
+    stored = TrainManifest.parse(mlflow.artifacts.load_dict(stored_uri), stored_uri)
     manifest = _with_version(stored, version.name, version.version)
-    io.write_manifest(out, manifest)
+    manifest.write(out)
     return manifest
 
 
-def _with_version(manifest: dict[str, Any], model_name: str, version: str | int) -> dict[str, Any]:
-    uri = tracking.model_uri(model_name, version)
-    return {
-        **manifest,
-        "outputs": {"model": uri, "plots": manifest["plots_uri"]},
-        "model_version": str(version),
-        "model_uri": uri,
-    }
+def _with_version(manifest: TrainManifest, model_name: str, version: str | int) -> TrainManifest:
+    uri = registry.model_uri(model_name, version)
+    return manifest.model_copy(
+        update={"outputs": {"model": uri, "plots": manifest.plots_uri}, "model_version": str(version), "model_uri": uri}
+    )
 
 
 def _figures(result: model.FitResult, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, bytes]:
@@ -198,10 +191,9 @@ def _validation_dirs(validations: list[str] | tuple[str, ...]) -> dict[str, str]
 
 def _log_validation(name: str, directory: str) -> None:
     """Copy a GX validation step's outputs (manifest, results JSON) into the run as artifacts."""
-    manifest = io.read_manifest(directory)  # fails loudly if the gate did not finish
-    if "success" in manifest:
-        mlflow.set_tag(f"validation.{name}.success", str(bool(manifest["success"])).lower())
-    fs, root = io.filesystem(directory)
+    gate = GateManifest.read(directory)  # fails loudly if the gate did not finish
+    mlflow.set_tag(f"validation.{name}.success", str(gate.success).lower())
+    fs, root = storage.filesystem(directory)
     with tempfile.TemporaryDirectory() as tmp:
         for path in fs.find(root):
             relative = Path(path).relative_to(Path(root))

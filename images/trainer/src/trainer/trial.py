@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from features import io
+from mlcontract.manifests import TrialManifest
 
 from trainer import model
 from trainer.data import load_snapshot
@@ -29,35 +29,22 @@ def run_trial(
     log_every: int = 100,
     label: str = "trial",
     trial_index: int | None = None,
-) -> dict[str, Any]:
+) -> TrialManifest:
     started = time.perf_counter()
     snapshot = load_snapshot(features_dir, splits=("train", "valid"))
-    columns = snapshot.feature_columns
-    train, valid = snapshot["train"], snapshot["valid"]
-    result = model.fit(
-        (train.features(columns), train.label),
-        (valid.features(columns), valid.label),
-        columns,
-        params,
+    result = model.fit_snapshot(snapshot, params, seed, device=device, log_every=log_every, label=label)
+    manifest = TrialManifest(
+        params=result.params,
         seed=seed,
+        trial_index=trial_index,
+        valid_auc=result.valid_auc,
+        best_iteration=result.best_iteration,
+        rounds=result.rounds,
         device=device,
-        log_every=log_every,
-        label=label,
+        snapshot_hash=snapshot.snapshot_hash,
+        rows={name: len(snapshot[name]) for name in ("train", "valid")},
+        fit_seconds=round(result.seconds, 3),
+        seconds=round(time.perf_counter() - started, 3),
     )
-    manifest = {
-        "step": "trial",
-        "outputs": {},
-        "params": result.params,
-        "seed": seed,
-        "trial_index": trial_index,
-        "valid_auc": result.valid_auc,
-        "best_iteration": result.best_iteration,
-        "rounds": result.rounds,
-        "device": device,
-        "snapshot_hash": snapshot.snapshot_hash,
-        "rows": {"train": len(train), "valid": len(valid)},
-        "fit_seconds": round(result.seconds, 3),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    io.write_manifest(out, manifest)
+    manifest.write(out)
     return manifest
