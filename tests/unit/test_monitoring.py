@@ -22,6 +22,7 @@ import pytest
 from mlcontract import layout, storage
 from mlcontract.errors import SourceError
 from mlcontract.manifests import BuildManifest, LabelsManifest, MonitorManifest
+from mlcontract.manifests.trainer import MonitorThresholds, Realised
 from mlcontract.names import LABELS_FILE
 from mlcontract.rules import INSUFFICIENT, KEEP, PROMOTE, ROLLBACK, Score, decide_ab, decide_rollback
 from mlcontract.source import LabelSource
@@ -319,8 +320,13 @@ def test_retrain_signal_is_skipped_without_drift_and_emitted_with_it(monitoring_
     from airflow.sdk.exceptions import AirflowSkipException
 
     emit = monitoring_dag.get_task("emit_retrain_signal").python_callable
-    quiet = {"drift_detected": False, "drift_note": None, "thresholds": {"psi": 0.2}, "breached_features": []}
+    quiet = MonitorManifest(
+        model_name=MODEL, score_date=DAY.isoformat(), rows={}, reference={}, thresholds=MonitorThresholds(psi=0.2),
+        ignored_features=[], drift_evaluated=True, drift_note=None, psi={"x0": 0.01}, breached_features=[],
+        missing_features=[], drift_detected=False, labels_available=False, realised=Realised(),
+        rollback=decide_rollback(None, None, margin=0.01, min_rows=100),
+    )
     with pytest.raises(AirflowSkipException, match="no drift"):
-        emit(quiet, dag=SimpleNamespace(dag_id="model_monitoring"), run_id="r1")
-    drifted = {**quiet, "drift_detected": True, "breached_features": ["x0"], "psi": {"x0": 0.9}}
-    assert emit(drifted, dag=SimpleNamespace(dag_id="model_monitoring"), run_id="r1") == ["x0"]
+        emit(quiet.model_dump(mode="json"), dag=SimpleNamespace(dag_id="model_monitoring"), run_id="r1")
+    drifted = quiet.model_copy(update={"drift_detected": True, "breached_features": ["x0"], "psi": {"x0": 0.9}})
+    assert emit(drifted.model_dump(mode="json"), dag=SimpleNamespace(dag_id="model_monitoring"), run_id="r1") == ["x0"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import polars as pl
 from mlcontract import registry, storage
 from mlcontract.errors import StepInputError
@@ -44,12 +45,7 @@ def run_evaluate(features_dir: str, model_name: str, challenger_version: str, ou
     scores = test.frame.select(*KEY_COLUMNS, LABEL).with_columns(
         pl.Series("challenger_score", challenger_scores)
     )
-    challenger_entry = ModelEvaluation(
-        version=str(challenger.version),
-        run_id=challenger.run_id,
-        comparable=True,
-        metrics=classification_metrics(test.label, challenger_scores),
-    )
+    challenger_entry = _scored(challenger, test.label, challenger_scores)
     log.info("challenger v%s test-auc=%.4f", challenger.version, challenger_entry.metrics["auc"])
 
     champion_entry = None
@@ -67,12 +63,7 @@ def run_evaluate(features_dir: str, model_name: str, challenger_version: str, ou
             )
         else:
             scores = scores.with_columns(pl.Series("champion_score", champion_scores))
-            champion_entry = ModelEvaluation(
-                version=str(champion.version),
-                run_id=champion.run_id,
-                comparable=True,
-                metrics=classification_metrics(test.label, champion_scores),
-            )
+            champion_entry = _scored(champion, test.label, champion_scores)
             log.info("champion v%s test-auc=%.4f", champion.version, champion_entry.metrics["auc"])
 
     scores_uri = storage.join_uri(out, "test_scores.parquet")
@@ -90,6 +81,14 @@ def run_evaluate(features_dir: str, model_name: str, challenger_version: str, ou
     _log_comparison(client, challenger.run_id, manifest)
     manifest.write(out)
     return manifest
+
+
+def _scored(version, labels: np.ndarray, scores: np.ndarray) -> ModelEvaluation:
+    """A registered version's metrics on the test rows."""
+    return ModelEvaluation(
+        version=str(version.version), run_id=version.run_id, comparable=True,
+        metrics=classification_metrics(labels, scores),
+    )
 
 
 def _log_comparison(client: MlflowClient, run_id: str | None, manifest: EvaluateManifest) -> None:

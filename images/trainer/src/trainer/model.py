@@ -193,26 +193,14 @@ def fit(
     return FitResult(best, resolved, best_iteration, valid_auc, rounds, seconds, device)
 
 
-def fit_snapshot(
-    snapshot: Snapshot,
-    params: Mapping[str, Any] | None,
-    seed: int,
-    device: str = "cpu",
-    log_every: int = 100,
-    label: str = "fit",
-) -> FitResult:
-    """:func:`fit` on a snapshot's train split, early-stopped on its valid split (trials and the final fit)."""
+def fit_snapshot(snapshot: Snapshot, params: Mapping[str, Any] | None, seed: int, **options: Any) -> FitResult:
+    """:func:`fit` on a snapshot's train split, early-stopped on its valid split (trials and the final fit);
+    ``options`` are :func:`fit`'s ``device``, ``log_every`` and ``label``."""
     columns = snapshot.feature_columns
     train, valid = snapshot["train"], snapshot["valid"]
     return fit(
-        (train.features(columns), train.label),
-        (valid.features(columns), valid.label),
-        columns,
-        params,
-        seed=seed,
-        device=device,
-        log_every=log_every,
-        label=label,
+        (train.features(columns), train.label), (valid.features(columns), valid.label), columns, params, seed,
+        **options,
     )
 
 
