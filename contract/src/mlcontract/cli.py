@@ -28,7 +28,7 @@ class Commands:
 
     def __init__(self, prog: str, description: str):
         self.parser = argparse.ArgumentParser(prog=prog, description=description)
-        self._subparsers = self.parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        self._subparsers = self.parser.add_subparsers(dest="command", required=True)
 
     def add(self, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
         sub = self._subparsers.add_parser(name, help=help, description=help)
