@@ -20,7 +20,7 @@ export AIRFLOW_HOME ?= $(MLPLATFORM_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
-export PYTHONPATH := $(CURDIR)/dags
+export PYTHONPATH := $(CURDIR)/dags:$(CURDIR)
 export PATH := $(BIN):$(PATH)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
@@ -39,7 +39,7 @@ $(UV):
 	$(PYTHON) -m venv $(BOOTSTRAP)
 	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: $(UV) uv.lock pyproject.toml contract/pyproject.toml images/features/pyproject.toml images/trainer/pyproject.toml
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml contract/pyproject.toml images/features/pyproject.toml images/trainer/pyproject.toml images/mlflow/pyproject.toml
 	$(UV) sync --frozen --all-packages
 	touch $@
 
@@ -63,10 +63,10 @@ run: seed pools ## Set up, run the training pipeline once on the embedded defaul
 	@TASK_RETRIES=$${TASK_RETRIES:-0} $(BIN)/airflow dags test ml_model_training > $(AIRFLOW_HOME)/dags-test.log 2>&1 \
 		|| (grep -E "ERROR|Error|error|failed" $(AIRFLOW_HOME)/dags-test.log | tail -30; \
 		    echo "the run failed: full log in $(AIRFLOW_HOME)/dags-test.log"; exit 1)
-	@$(BIN)/python -m mlplatform.cli summary
+	@$(BIN)/python -m devtools.cli summary
 
 summary: venv ## Print the summary of the latest training run
-	@$(BIN)/python -m mlplatform.cli summary
+	@$(BIN)/python -m devtools.cli summary
 
 test: venv ## Run the tests (unit, DAG, pod and chart, end to end)
 	$(BIN)/pytest
@@ -78,10 +78,10 @@ test-scheduler: venv ## The real scheduler + REST API tier: a manual run with Pa
 	$(BIN)/pytest -m scheduler
 
 ui: pools ## Start the Airflow UI (standalone) and the MLflow UI; Ctrl-C stops both
-	$(BIN)/python -m mlplatform.cli ui --airflow-port $(AIRFLOW_PORT) --mlflow-port $(MLFLOW_PORT)
+	$(BIN)/python -m devtools.cli ui --airflow-port $(AIRFLOW_PORT) --mlflow-port $(MLFLOW_PORT)
 
 serve: venv ## Serve the champion model with an MLflow model server
-	$(BIN)/python -m mlplatform.cli serve --port $(SERVE_PORT)
+	$(BIN)/python -m devtools.cli serve --port $(SERVE_PORT)
 
 bench: venv ## Benchmarks: polars vs pandas feature build, gate vs build time (results in bench/results/)
 	$(BIN)/python bench/bench_features.py
@@ -95,15 +95,16 @@ RENDER_ENV := PIPELINE_RUNTIME=kubernetes ARTIFACT_ROOT=s3://mlplatform/artifact
 
 render: airflow-db ## Write every pod the DAGs launch and the rendered chart as YAML under build/render/
 	rm -rf build/render
-	env $(RENDER_ENV) $(BIN)/python -m mlplatform.render_cli --out build/render/pods
+	env $(RENDER_ENV) $(BIN)/python -m devtools.render_cli --out build/render/pods
 	$(BIN)/python helm/render_chart.py --out build/render
 
 # One version source: the root pyproject's version tags every image and is the chart's appVersion.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
 
-images: ## Build the features, trainer and Airflow images (needs a Docker engine)
+images: ## Build the features, trainer, MLflow server and Airflow images (needs a Docker engine)
 	docker build -f images/features/Dockerfile -t mlplatform/features:$(VERSION) .
 	docker build -f images/trainer/Dockerfile -t mlplatform/trainer:$(VERSION) .
+	docker build -f images/mlflow/Dockerfile -t mlplatform/mlflow:$(VERSION) .
 	docker build -f images/airflow/Dockerfile -t mlplatform/airflow:$(VERSION) .
 
 kind-test: ## Whole system on a local kind cluster: build, install the chart, train, check the champion
