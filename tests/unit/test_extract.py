@@ -1,14 +1,21 @@
-"""Warehouse → canonical parquet: schema, cutoff, query sources, clear errors, idempotent reruns."""
+"""Warehouse → canonical parquet: schema, cutoff, query sources, clear errors, idempotent reruns; the
+realised labels of a score date (``extract-labels``)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import polars as pl
 import pytest
 import sqlalchemy as sa
-from features import io, synth
-from features.extract import ExtractError, ExtractSource, extract, mask_uri
+from features import synth
+from features.cli import main
+from features.errors import ExtractError
+from features.extract.labels import extract_labels
+from features.extract.training import extract
+from mlcontract.errors import SourceError
+from mlcontract.manifests import ExtractManifest, LabelsManifest
+from mlcontract.source import LabelSource, TrainingSource, mask_uri
 
 CUTOFF = datetime(2026, 8, 18)
 
@@ -27,7 +34,7 @@ def _events(out) -> pl.DataFrame:
 def test_canonical_schema_and_cutoff(warehouse, tmp_path):
     out = str(tmp_path / "extract")
     manifest = extract(
-        warehouse, out, ExtractSource(entities_table="customers"), cutoff=CUTOFF, batch_rows=5_000
+        warehouse, out, TrainingSource(entities_table="customers"), cutoff=CUTOFF, batch_rows=5_000
     )
     events = _events(out)
     labels = pl.read_parquet(f"{out}/labels.parquet")
@@ -50,35 +57,35 @@ def test_canonical_schema_and_cutoff(warehouse, tmp_path):
     assert labels["snapshot_ts"].max() == CUTOFF  # snapshots up to and including the cutoff
     with sa.create_engine(warehouse).connect() as conn:
         before = conn.execute(sa.text("SELECT count(*) FROM events WHERE event_ts < '2026-08-18'")).scalar()
-    assert manifest["rows"] == {"events": before, "labels": labels.height, "entities": 600}
+    assert manifest.rows == {"events": before, "labels": labels.height, "entities": 600}
     assert events.height == before
-    assert manifest["parts"] == len(list((tmp_path / "extract" / "events").glob("part-*.parquet"))) > 1
+    assert manifest.parts == len(list((tmp_path / "extract" / "events").glob("part-*.parquet"))) > 1
     assert events.sort("entity_id", "event_ts").equals(events)  # deterministic order
     assert (
-        manifest["snapshots"] == sorted(manifest["snapshots"])
-        and manifest["snapshots"][-1] == CUTOFF.isoformat()
+        manifest.snapshots == sorted(manifest.snapshots)
+        and manifest.snapshots[-1] == CUTOFF.isoformat()
     )
-    assert manifest["cutoff"] == CUTOFF.isoformat()
-    assert "uri" not in str(manifest["source"]).lower() and "sqlite" not in str(manifest)
-    assert io.read_manifest(out)["content_hash"] == manifest["content_hash"]
+    assert manifest.cutoff == CUTOFF.isoformat()
+    assert "uri" not in str(manifest.source).lower() and "sqlite" not in str(manifest.model_dump())
+    assert ExtractManifest.read(out).content_hash == manifest.content_hash
 
 
 def test_rerun_is_idempotent_and_leaves_no_stale_parts(warehouse, tmp_path):
     out = str(tmp_path / "extract")
     first = extract(warehouse, out, cutoff=CUTOFF, batch_rows=3_000)
     again = extract(warehouse, out, cutoff=CUTOFF, batch_rows=3_000)
-    assert first["content_hash"] == again["content_hash"]
+    assert first.content_hash == again.content_hash
     fewer = extract(warehouse, out, cutoff=CUTOFF, batch_rows=50_000)
     parts = sorted(p.name for p in (tmp_path / "extract" / "events").iterdir())
-    assert parts == [f"part-{i:05d}.parquet" for i in range(fewer["parts"])]
-    assert fewer["parts"] < first["parts"]
-    assert _events(out).height == first["rows"]["events"]
+    assert parts == [f"part-{i:05d}.parquet" for i in range(fewer.parts)]
+    assert fewer.parts < first.parts
+    assert _events(out).height == first.rows["events"]
     assert not [p for p in (tmp_path / "extract").iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
 def test_query_source_with_custom_column_names(warehouse, tmp_path):
     out = str(tmp_path / "extract")
-    source = ExtractSource(
+    source = TrainingSource(
         events_table=None,
         events_query="SELECT customer_id AS cust, event_ts AS happened_at, amount FROM events "
         "WHERE event_type = 'purchase'",
@@ -95,36 +102,44 @@ def test_query_source_with_custom_column_names(warehouse, tmp_path):
     assert (events["amount"] > 0).all() and events["event_ts"].max() < CUTOFF
     labels = pl.read_parquet(f"{out}/labels.parquet")
     assert labels.columns == ["entity_id", "snapshot_ts", "label"] and set(labels["label"].unique()) <= {0, 1}
-    assert manifest["source"]["events_query"].startswith("SELECT customer_id AS cust")
+    assert manifest.source["events_query"].startswith("SELECT customer_id AS cust")
 
 
 def test_missing_column_or_table_names_it(warehouse, tmp_path):
     with pytest.raises(
         ExtractError, match=r"events source has no column 'ts_typo' \(from --timestamp-column\)"
     ):
-        extract(warehouse, str(tmp_path / "a"), ExtractSource(timestamp_column="ts_typo"))
+        extract(warehouse, str(tmp_path / "a"), TrainingSource(timestamp_column="ts_typo"))
     with pytest.raises(ExtractError, match="labels table 'nope' not found"):
-        extract(warehouse, str(tmp_path / "b"), ExtractSource(labels_table="nope"))
-    with pytest.raises(ExtractError, match="not a plain SQL identifier"):
-        ExtractSource(entity_key="id; DROP TABLE events")
-    with pytest.raises(ExtractError, match="exactly one of --events-table or --events-query"):
-        ExtractSource(events_query="SELECT 1")
+        extract(warehouse, str(tmp_path / "b"), TrainingSource(labels_table="nope"))
+    with pytest.raises(SourceError, match="not a plain SQL identifier"):
+        TrainingSource(entity_key="id; DROP TABLE events")
+    with pytest.raises(SourceError, match="exactly one of --events-table or --events-query"):
+        TrainingSource(events_query="SELECT 1")
     assert not (tmp_path / "a" / "manifest.json").exists()
 
 
+def sqlite_warehouse(path, *statements: str) -> str:
+    """A small SQLite warehouse made by ``statements``; returns its URI."""
+    uri = f"sqlite:///{path}"
+    engine = sa.create_engine(uri)
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(sa.text(statement))
+    engine.dispose()
+    return uri
+
+
 def test_text_timestamps_in_many_layouts_parse(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'odd.db'}"
-    with sa.create_engine(uri).begin() as conn:
-        conn.execute(sa.text("CREATE TABLE ev (id INTEGER, ts TEXT, v REAL)"))
-        conn.execute(sa.text("CREATE TABLE lb (id INTEGER, snap TEXT, y INTEGER)"))
-        conn.execute(
-            sa.text(
-                "INSERT INTO ev VALUES (2, '2026-01-02T03:04:05', 1.5), (1, '2026-01-01 10:00:00.250000', 2), "
-                "(1, '2026-01-03', 0), (3, '2026-01-05 00:00:00', 1)"
-            )
-        )
-        conn.execute(sa.text("INSERT INTO lb VALUES (1, '2026-01-04', 1), (2, '2026-01-05 00:00:00', 0)"))
-    source = ExtractSource(
+    uri = sqlite_warehouse(
+        tmp_path / "odd.db",
+        "CREATE TABLE ev (id INTEGER, ts TEXT, v REAL)",
+        "CREATE TABLE lb (id INTEGER, snap TEXT, y INTEGER)",
+        "INSERT INTO ev VALUES (2, '2026-01-02T03:04:05', 1.5), (1, '2026-01-01 10:00:00.250000', 2), "
+        "(1, '2026-01-03', 0), (3, '2026-01-05 00:00:00', 1)",
+        "INSERT INTO lb VALUES (1, '2026-01-04', 1), (2, '2026-01-05 00:00:00', 0)",
+    )
+    source = TrainingSource(
         events_table="ev",
         labels_table="lb",
         entity_key="id",
@@ -147,3 +162,80 @@ def test_text_timestamps_in_many_layouts_parse(tmp_path):
 def test_uri_password_is_masked():
     assert "s3cret" not in mask_uri("postgresql+psycopg://user:s3cret@db:5432/wh")
     assert mask_uri("postgresql+psycopg://user:s3cret@db:5432/wh").endswith("@db:5432/wh")
+
+
+# --- extract-labels: the realised labels of one snapshot date ------------------------------------------
+
+LABELS_SCHEMA = pl.Schema({"entity_id": pl.Utf8, "label": pl.Int8})
+
+
+@pytest.fixture(scope="module")
+def labels_warehouse(tmp_path_factory) -> tuple[str, synth.SynthConfig]:
+    config = synth.SynthConfig(customers=300, events_per_customer=5, snapshots=3)
+    uri = f"sqlite:///{tmp_path_factory.mktemp('labels') / 'wh.db'}"
+    synth.generate(config, uri)
+    return uri, config
+
+
+def test_labels_of_the_score_date_only(labels_warehouse, tmp_path):
+    uri, config = labels_warehouse
+    day = config.snapshot_dates[-1].date()
+    manifest = extract_labels(uri, str(tmp_path / "out"), day)
+    labels = pl.read_parquet(manifest.output("labels"))
+    with sa.create_engine(uri).connect() as conn:
+        expected = conn.execute(
+            sa.text("SELECT customer_id, churned FROM churn_labels WHERE snapshot_ts LIKE :day ORDER BY 1"),
+            {"day": f"{day.isoformat()}%"},
+        ).all()
+    assert labels.schema == LABELS_SCHEMA
+    assert labels.rows() == [(key, label) for key, label in expected] and labels.height > 0
+    assert LabelsManifest.read(str(tmp_path / "out")) == manifest
+    assert manifest.rows == {"labels": labels.height} and manifest.score_date == day.isoformat()
+    assert manifest.source["labels_table"] == "churn_labels"
+
+
+def test_no_labels_yet_is_an_empty_file_with_the_schema(labels_warehouse, tmp_path):
+    uri, _ = labels_warehouse
+    manifest = extract_labels(uri, str(tmp_path / "out"), date(2030, 1, 1))
+    labels = pl.read_parquet(manifest.output("labels"))
+    assert labels.height == 0 and labels.schema == LABELS_SCHEMA and manifest.rows == {"labels": 0}
+
+
+def test_text_timestamps_and_a_query_source(tmp_path):
+    uri = sqlite_warehouse(
+        tmp_path / "odd.db",
+        "CREATE TABLE outcomes (id INTEGER, at TEXT, y TEXT)",
+        "INSERT INTO outcomes VALUES (1, '2026-03-01T00:00:00', '1'), (2, '2026-03-01 23:59:59.5', '0'),"
+        " (3, '2026-03-02', '1'), (4, '2026-02-28 23:00:00', '1')",
+    )
+    source = LabelSource(labels_table=None, labels_query="SELECT id AS who, at, y FROM outcomes",
+                         entity_key="who", snapshot_column="at", label_column="y")
+    manifest = extract_labels(uri, str(tmp_path / "out"), date(2026, 3, 1), source)
+    assert pl.read_parquet(manifest.output("labels")).rows() == [("1", 1), ("2", 0)]
+
+
+def test_a_missing_column_is_named(labels_warehouse, tmp_path):
+    uri, config = labels_warehouse
+    with pytest.raises(ExtractError, match=r"labels source has no column 'outcome' \(from --label-column\)"):
+        extract_labels(uri, str(tmp_path / "out"), date(2026, 9, 1), LabelSource(label_column="outcome"))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_label_that_is_not_0_or_1_is_an_error(tmp_path):
+    uri = sqlite_warehouse(
+        tmp_path / "bad.db",
+        "CREATE TABLE churn_labels (customer_id TEXT, snapshot_ts TEXT, churned INTEGER)",
+        "INSERT INTO churn_labels VALUES ('a', '2026-03-01', 1), ('b', '2026-03-01', 2)",
+    )
+    with pytest.raises(ExtractError, match="label column 'churned' must hold 0/1"):
+        extract_labels(uri, str(tmp_path / "out"), date(2026, 3, 1))
+
+
+def test_the_cli_command(labels_warehouse, tmp_path, monkeypatch, capsys):
+    uri, config = labels_warehouse
+    monkeypatch.setenv("WAREHOUSE_URI", uri)
+    day = config.snapshot_dates[0].date().isoformat()
+    assert main(["extract-labels", "--score-date", day, "--out", str(tmp_path / "out")]) == 0
+    assert LabelsManifest.read(str(tmp_path / "out")).score_date == day
+    assert main(["extract-labels", "--score-date", day, "--label-column", "nope", "--out", str(tmp_path / "x")]) == 1
+    assert "no column 'nope' (from --label-column)" in capsys.readouterr().err

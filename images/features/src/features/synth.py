@@ -28,6 +28,8 @@ import numpy as np
 import polars as pl
 import sqlalchemy as sa
 
+from features.errors import SeedError
+
 log = logging.getLogger(__name__)
 
 DAY = 86_400  # seconds
@@ -71,16 +73,16 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.customers < 1 or self.chunk_customers < 1:
-            raise ValueError("customers and chunk_customers must be >= 1")
+            raise SeedError("customers and chunk_customers must be >= 1")
         if self.events_per_customer <= 0:
-            raise ValueError("events_per_customer must be > 0")
+            raise SeedError("events_per_customer must be > 0")
         if not 0.0 <= self.drift <= 1.0:
-            raise ValueError(f"drift must be within [0, 1], got {self.drift}")
+            raise SeedError(f"drift must be within [0, 1], got {self.drift}")
         if self.snapshots < 1 or self.snapshot_interval_days < 1:
-            raise ValueError("snapshots and snapshot_interval_days must be >= 1")
+            raise SeedError("snapshots and snapshot_interval_days must be >= 1")
         first = self.label_horizon_days + (self.snapshots - 1) * self.snapshot_interval_days
         if first >= self.days:
-            raise ValueError(
+            raise SeedError(
                 f"days={self.days} is too short for {self.snapshots} snapshots every "
                 f"{self.snapshot_interval_days} days plus a {self.label_horizon_days}-day label horizon"
             )
@@ -347,36 +349,30 @@ def iter_chunks(config: SynthConfig) -> Iterator[SynthChunk]:
 # --- writing ------------------------------------------------------------------------------------------
 
 _metadata = sa.MetaData()
-CUSTOMERS = sa.Table(
-    "customers",
-    _metadata,
-    sa.Column("customer_id", sa.Text, primary_key=True),
-    sa.Column("signup_ts", sa.DateTime),
-    sa.Column("plan", sa.Text),
-    sa.Column("region", sa.Text),
+
+
+def _table(name: str, **columns: Any) -> sa.Table:
+    """A warehouse table; each column is its type, or (type, column options)."""
+    specs = {column: spec if isinstance(spec, tuple) else (spec, {}) for column, spec in columns.items()}
+    return sa.Table(name, _metadata, *(sa.Column(column, kind, **options) for column, (kind, options) in specs.items()))
+
+
+REQUIRED = {"nullable": False}
+CUSTOMERS = _table(
+    "customers", customer_id=(sa.Text, {"primary_key": True}), signup_ts=sa.DateTime, plan=sa.Text, region=sa.Text
 )
-EVENTS = sa.Table(
+EVENTS = _table(
     "events",
-    _metadata,
-    sa.Column("customer_id", sa.Text, nullable=False),
-    sa.Column("event_ts", sa.DateTime, nullable=False),
-    sa.Column("event_type", sa.Text),
-    sa.Column("channel", sa.Text),
-    sa.Column("amount", sa.Double),
+    customer_id=(sa.Text, REQUIRED),
+    event_ts=(sa.DateTime, REQUIRED),
+    event_type=sa.Text,
+    channel=sa.Text,
+    amount=sa.Double,
 )
-CHURN_LABELS = sa.Table(
-    "churn_labels",
-    _metadata,
-    sa.Column("customer_id", sa.Text, nullable=False),
-    sa.Column("snapshot_ts", sa.DateTime, nullable=False),
-    sa.Column("churned", sa.Integer, nullable=False),
+CHURN_LABELS = _table(
+    "churn_labels", customer_id=(sa.Text, REQUIRED), snapshot_ts=(sa.DateTime, REQUIRED), churned=(sa.Integer, REQUIRED)
 )
-DATASET_META = sa.Table(
-    "dataset_meta",
-    _metadata,
-    sa.Column("key", sa.Text, primary_key=True),
-    sa.Column("value", sa.Text),
-)
+DATASET_META = _table("dataset_meta", key=(sa.Text, {"primary_key": True}), value=sa.Text)
 
 _SQLITE_TS = "%Y-%m-%d %H:%M:%S%.6f"  # SQLAlchemy's own SQLite DateTime storage format
 _INSERT_BATCH = 50_000

@@ -19,31 +19,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
+import math
 import re
-import shutil
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import polars as pl
+from mlcontract.names import ENTITY, EVENT_TS, LABEL, SNAPSHOT
 
-from features import io
+from features.errors import BuildError
 
 log = logging.getLogger(__name__)
 
 # Bump when the feature logic changes: it is part of the snapshot hash, so old snapshots are not reused.
-FEATURE_CODE_VERSION = "features-3"
-
-ENTITY = "entity_id"
-SNAPSHOT = "snapshot_ts"
-EVENT_TS = "event_ts"
-LABEL = "label"
-SPLITS = ("train", "valid", "test")
+# (features-4: the snapshot manifest is a typed SnapshotManifest with the declared feature bounds)
+FEATURE_CODE_VERSION = "features-4"
 
 # Defaults for rows without history: never null, and every "days" feature stays non-negative (the
 # features gate checks that), with "never" as a long time ago rather than a negative sentinel.
@@ -57,6 +51,15 @@ DEFAULTS_DOC = (
 )
 
 _US_PER_DAY = 86_400_000_000
+
+Bounds = tuple[float | None, float | None]
+# The range each kind of feature is guaranteed by its definition (the features gate checks exactly these;
+# every numeric feature is also checked to be finite). Sums, means and maxima of a numeric column are
+# unbounded: their range is the source column's.
+COUNT: Bounds = (0.0, None)  # event counts, category counts; also "days since" (never negative)
+ONE_HOT: Bounds = (0.0, 1.0)
+POSITIVE: Bounds = (math.nextafter(0.0, 1.0), None)  # strictly above 0 (the add-one smoothed trend ratio)
+UNBOUNDED: Bounds = (None, None)
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def category_features(column: str, values: Sequence[str]) -> list[tuple[str, str
     """(value, feature-name stem) pairs; refuses two values that would give the same column name."""
     stems = [f"{column}_{_slug(v)}" for v in values]
     if len(set(stems)) != len(stems):
-        raise ValueError(f"category values of {column!r} collide after slugging: {list(values)}")
+        raise BuildError(f"category values of {column!r} collide after slugging: {list(values)}")
     return list(zip(values, stems, strict=True))
 
 
@@ -246,7 +249,7 @@ def compute_features(
     for col in numeric:  # the running totals below are int64 across all entities: refuse to overflow
         magnitude = partials[f"{col}__sum"].cast(pl.Float64).abs().sum()
         if magnitude >= 2**62:
-            raise ValueError(
+            raise BuildError(
                 f"numeric column {col!r}: total magnitude {magnitude / scale:.3g} is too large for fixed point "
                 f"with {config.numeric_decimals} decimals; lower FeatureConfig.numeric_decimals"
             )
@@ -295,7 +298,7 @@ def compute_features(
     for col in numeric:
         values = partials[f"{col}__max"].fill_null(np.nan).to_numpy()
         for w in windows:
-            columns[f"{col}_max_{w}d"] = pl.Series(_range_max(values, begins[w], end), nan_to_null=True)
+            columns[f"{col}_max_{w}d"] = pl.Series(range_max(values, begins[w], end), nan_to_null=True)
     # Buckets are in time order, so the first event is in the entity's first row, the last one before
     # the snapshot in the row just before `end`.
     no_time = pl.Series([None] * lookup.height, dtype=pl.Datetime("us"))
@@ -313,7 +316,7 @@ def compute_features(
     return _finalise(features.lazy(), True, spine_columns, entities, config, categories, codes)
 
 
-def _range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """``nanmax(values[lo[i]:hi[i]])`` for every i, NaN for an empty range, in one vectorised pass.
 
     ``fmax.reduceat`` over the interleaved bounds (lo0, hi0, lo1, hi1, ...) reduces each [lo, hi) and, in
@@ -335,6 +338,87 @@ def _window_name(partial: str, w: int) -> str:
     return f"{partial}_{w}d"  # value counts, and the helper "<col>__cnt_<w>d"
 
 
+@dataclass(frozen=True)
+class Feature:
+    """One output column: its expression (over the windowed partials) and the range its definition guarantees."""
+
+    name: str
+    expr: pl.Expr
+    bounds: Bounds
+
+
+def feature_definitions(
+    config: FeatureConfig,
+    categories: Categories,
+    entity_schema: pl.Schema | None,
+    windowed: Callable[[str, pl.DataType], pl.Expr] = lambda name, dtype: pl.col(name).cast(dtype),
+) -> list[Feature]:
+    """Every feature, in output order. ``windowed(name, dtype)`` gives a windowed partial column.
+
+    The one place a feature is defined: :func:`compute_features` selects the expressions and
+    :func:`feature_bounds` records the bounds in the snapshot manifest.
+    """
+    features: list[Feature] = []
+
+    def add(name: str, expr: pl.Expr, bounds: Bounds) -> None:
+        features.append(Feature(name, expr.alias(name), bounds))
+
+    cats = {col: category_features(col, categories.get(col, [])) for col in config.categorical_columns}
+    for w in config.windows_days:
+        add(f"events_{w}d", windowed(f"events_{w}d", pl.Int64).fill_null(0), COUNT)
+        for col in config.numeric_columns:
+            total = windowed(f"{col}_sum_{w}d", pl.Float64).fill_null(0.0)
+            count = windowed(f"{col}__cnt_{w}d", pl.Int64).fill_null(0)
+            mean = pl.when(count > 0).then(total / count).otherwise(0.0)
+            add(f"{col}_sum_{w}d", total, UNBOUNDED)
+            add(f"{col}_mean_{w}d", mean, UNBOUNDED)
+            add(f"{col}_max_{w}d", windowed(f"{col}_max_{w}d", pl.Float64).fill_null(0.0), UNBOUNDED)
+        for pairs in cats.values():
+            for _, stem in pairs:
+                add(f"{stem}_{w}d", windowed(f"{stem}_{w}d", pl.Int64).fill_null(0), COUNT)
+
+    snapshot = pl.col(SNAPSHOT)
+    add("events_total", windowed("events_total", pl.Int64).fill_null(0), COUNT)
+    add("days_since_last_event", _days(snapshot - pl.col("last_ts")).fill_null(NEVER_DAYS), COUNT)
+    add("days_since_first_event", _days(snapshot - pl.col("first_ts")).fill_null(UNKNOWN_DAYS), COUNT)
+
+    recent, base = config.trend_recent_days, config.trend_base_days
+    if {recent, base} <= set(config.windows_days):
+        n_recent = windowed(f"events_{recent}d", pl.Float64).fill_null(0.0)
+        n_before = windowed(f"events_{base}d", pl.Float64).fill_null(0.0) - n_recent
+        # ratio of daily event rates, add-one smoothed on the recent count (and the same pseudo-rate on
+        # the earlier one) so that "no events at all" is 1 (flat) and it never divides by zero
+        expected_recent = n_before * recent / (base - recent)
+        trend = (n_recent + 1.0) / (expected_recent + 1.0)
+        add(f"events_trend_{recent}d_vs_prior_{base - recent}d", trend, POSITIVE)
+
+    for col, dtype in (entity_schema or {}).items():
+        value_of = pl.col(_attribute(col))
+        if col == ENTITY:
+            continue
+        if dtype.is_temporal():
+            days = _days(snapshot - value_of.cast(pl.Datetime("us"))).fill_null(UNKNOWN_DAYS)
+            add(f"days_since_{col.removesuffix('_ts')}", days, COUNT)
+        elif dtype in (pl.String, pl.Categorical, pl.Enum):
+            for value, stem in category_features(col, categories.get(f"entity.{col}", [])):
+                add(stem, (value_of.cast(pl.String) == value).fill_null(False).cast(pl.Int8), ONE_HOT)
+        elif dtype.is_numeric() or dtype == pl.Boolean:
+            add(col, value_of.cast(pl.Float64).fill_null(0.0), UNBOUNDED)
+    return features
+
+
+def feature_bounds(
+    config: FeatureConfig, categories: Categories, entity_schema: pl.Schema | None
+) -> dict[str, Bounds]:
+    """The declared range of every feature column (what the features gate checks)."""
+    return {f.name: f.bounds for f in feature_definitions(config, categories, entity_schema)}
+
+
+def _attribute(column: str) -> str:
+    # entity attributes are joined under these names so one can never clash with a spine or feature column
+    return f"__entity_{column}"
+
+
 def _finalise(
     out: pl.LazyFrame,
     has_events: bool,
@@ -350,230 +434,29 @@ def _finalise(
             pl.lit(None, pl.Datetime("us")).alias("first_ts"),
             pl.lit(None, pl.Datetime("us")).alias("last_ts"),
         )
-    windowed = True if has_events else None
 
-    def ensure(name: str, dtype: pl.DataType) -> pl.Expr:
-        if windowed is None:
-            return pl.lit(None, dtype).alias(name)
-        return pl.col(name).cast(dtype)
+    def windowed(name: str, dtype: pl.DataType) -> pl.Expr:
+        return pl.col(name).cast(dtype) if has_events else pl.lit(None, dtype).alias(name)
 
-    features: list[pl.Expr] = []
-
-    def add(name: str, expr: pl.Expr) -> None:
-        features.append(expr.alias(name))
-
-    cats = {col: category_features(col, categories.get(col, [])) for col in config.categorical_columns}
-    for w in config.windows_days:
-        add(f"events_{w}d", ensure(f"events_{w}d", pl.Int64).fill_null(0))
-        for col in config.numeric_columns:
-            total = ensure(f"{col}_sum_{w}d", pl.Float64).fill_null(0.0)
-            count = ensure(f"{col}__cnt_{w}d", pl.Int64).fill_null(0)
-            mean = pl.when(count > 0).then(total / count).otherwise(0.0)
-            add(f"{col}_sum_{w}d", total)
-            add(f"{col}_mean_{w}d", mean)
-            add(f"{col}_max_{w}d", ensure(f"{col}_max_{w}d", pl.Float64).fill_null(0.0))
-        for pairs in cats.values():
-            for _, stem in pairs:
-                add(f"{stem}_{w}d", ensure(f"{stem}_{w}d", pl.Int64).fill_null(0))
-
-    snapshot = pl.col(SNAPSHOT)
-    add("events_total", ensure("events_total", pl.Int64).fill_null(0))
-    add("days_since_last_event", _days(snapshot - pl.col("last_ts")).fill_null(NEVER_DAYS))
-    add("days_since_first_event", _days(snapshot - pl.col("first_ts")).fill_null(UNKNOWN_DAYS))
-
-    recent, base = config.trend_recent_days, config.trend_base_days
-    if {recent, base} <= set(config.windows_days):
-        n_recent = ensure(f"events_{recent}d", pl.Float64).fill_null(0.0)
-        n_before = ensure(f"events_{base}d", pl.Float64).fill_null(0.0) - n_recent
-        # ratio of daily event rates, add-one smoothed on the recent count (and the same pseudo-rate on
-        # the earlier one) so that "no events at all" is 1 (flat) and it never divides by zero
-        expected_recent = n_before * recent / (base - recent)
-        trend = (n_recent + 1.0) / (expected_recent + 1.0)
-        add(f"events_trend_{recent}d_vs_prior_{base - recent}d", trend)
-
+    entity_schema = None
     if entities is not None:
-        # joined under private names so an attribute can never clash with a spine or feature column
-        schema = entities.collect_schema()
-        attributes = [c for c in schema.names() if c != ENTITY]
-        private = {c: f"__entity_{c}" for c in attributes}
-        attribute_rows = entities.select(ENTITY, *attributes).unique(ENTITY, keep="first").rename(private)
+        entity_schema = entities.collect_schema()
+        attributes = [c for c in entity_schema.names() if c != ENTITY]
+        attribute_rows = (
+            entities.select(ENTITY, *attributes)
+            .unique(ENTITY, keep="first")
+            .rename({c: _attribute(c) for c in attributes})
+        )
         if codes is not None:  # join on the integer entity code, cheaper than on the string id
             attribute_rows = attribute_rows.join(codes.lazy(), on=ENTITY, how="inner").drop(ENTITY)
         out = out.join(
             attribute_rows, on="code" if codes is not None else ENTITY, how="left", maintain_order="left"
         )
-        for col in attributes:
-            dtype, value_of = schema[col], pl.col(private[col])
-            if dtype.is_temporal():
-                days = _days(snapshot - value_of.cast(pl.Datetime("us"))).fill_null(UNKNOWN_DAYS)
-                add(f"days_since_{col.removesuffix('_ts')}", days)
-            elif dtype in (pl.String, pl.Categorical, pl.Enum):
-                for value, stem in category_features(col, categories.get(f"entity.{col}", [])):
-                    add(stem, (value_of.cast(pl.String) == value).fill_null(False).cast(pl.Int8))
-            elif dtype.is_numeric() or dtype == pl.Boolean:
-                add(col, value_of.cast(pl.Float64).fill_null(0.0))
-
-    return out.select(*spine_columns, *features)
+    features = feature_definitions(config, categories, entity_schema, windowed)
+    return out.select(*spine_columns, *(f.expr for f in features))
 
 
 def feature_columns(frame: pl.DataFrame | pl.LazyFrame) -> list[str]:
     """The feature columns of a ``compute_features`` result, in order (everything but the spine)."""
     names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
     return [c for c in names if c not in (ENTITY, SNAPSHOT, LABEL)]
-
-
-# ---------------------------------------------------------------------------------------------- the step
-
-
-def _read_uri(uri: str) -> str:
-    """What polars should be given: a local path for ``file://``, the URI itself for object stores."""
-    fs, path = io.filesystem(uri)
-    return path if io.is_local(fs) else uri
-
-
-def scan_extract(extract_dir: str) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame | None]:
-    """Lazy frames over an extract in the canonical layout: events, labels (the spine), entities."""
-    events = pl.scan_parquet(_read_uri(io.join_uri(extract_dir, "events")) + "/*.parquet")
-    labels = pl.scan_parquet(_read_uri(io.join_uri(extract_dir, "labels.parquet")))
-    entities_uri = io.join_uri(extract_dir, "entities.parquet")
-    entities = pl.scan_parquet(_read_uri(entities_uri)) if io.exists(entities_uri) else None
-    return events, labels, entities
-
-
-def split_dates(snapshot_dates: Sequence[Any]) -> dict[str, list[Any]]:
-    """Time-based split: the latest snapshot date is test, the one before valid, all earlier ones train."""
-    dates = sorted(set(snapshot_dates))
-    if len(dates) < 3:
-        raise ValueError(
-            f"the labels hold {len(dates)} snapshot date(s) {[str(d) for d in dates]}: a time-based "
-            "train/valid/test split needs at least 3 (extract more history or more snapshots)"
-        )
-    return {"train": dates[:-2], "valid": [dates[-2]], "test": [dates[-1]]}
-
-
-def snapshot_hash_of(content_hash: str, config: FeatureConfig) -> str:
-    return io.hash_json({"extract": content_hash, "config": config.to_dict(), "code": FEATURE_CODE_VERSION})
-
-
-def build_features(
-    extract_dir: str, out_dir: str, snapshot_root: str, config: FeatureConfig | None = None
-) -> dict[str, Any]:
-    """Build (or reuse) the content-addressed feature snapshot of an extract; write the step manifest."""
-    started = time.perf_counter()
-    config = config or FeatureConfig()
-    extract = io.read_manifest(extract_dir)
-    snapshot_hash = snapshot_hash_of(extract["content_hash"], config)
-    snapshot_uri = io.join_uri(snapshot_root, snapshot_hash)
-
-    if io.exists(io.join_uri(snapshot_uri, io.MANIFEST_NAME)):
-        snapshot = io.read_manifest(snapshot_uri)
-        reused = True
-        log.info("feature snapshot %s already built: reusing %s", snapshot_hash, snapshot_uri)
-    else:
-        snapshot = _build_snapshot(extract_dir, snapshot_uri, snapshot_hash, config)
-        reused = False
-
-    manifest = {
-        "step": "build",
-        "outputs": {split: io.join_uri(snapshot_uri, f"{split}.parquet") for split in SPLITS},
-        "snapshot_uri": snapshot_uri,
-        "snapshot_hash": snapshot_hash,
-        "reused": reused,
-        "extract_content_hash": extract["content_hash"],
-        **{k: snapshot[k] for k in ("feature_columns", "rows", "label_rate", "splits", "feature_config")},
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    io.write_manifest(out_dir, manifest)
-    return manifest
-
-
-def _build_snapshot(
-    extract_dir: str, snapshot_uri: str, snapshot_hash: str, config: FeatureConfig
-) -> dict[str, Any]:
-    started = time.perf_counter()
-    events, labels, entities = scan_extract(extract_dir)
-    spine = labels.select(
-        pl.col(ENTITY).cast(pl.String), pl.col(SNAPSHOT).cast(pl.Datetime("us")), pl.col(LABEL).cast(pl.Int8)
-    ).collect()
-    splits = split_dates(spine[SNAPSHOT].dt.date().unique().to_list())
-    log.info("%s label rows over %d snapshot dates", f"{spine.height:,}", sum(map(len, splits.values())))
-
-    categories = fit_categories(events, entities, config, before=spine[SNAPSHOT].max())
-    log.info(
-        "category vocabulary %s in %.1f s",
-        {k: len(v) for k, v in categories.items()},
-        time.perf_counter() - started,
-    )
-    # the events are streamed inside compute_features; what is left to collect is in memory already
-    table = compute_features(events, spine.lazy(), entities, config, categories).collect(engine="in-memory")
-    columns = feature_columns(table)
-    log.info(
-        "computed %d features for %s rows in %.1f s",
-        len(columns),
-        f"{table.height:,}",
-        time.perf_counter() - started,
-    )
-
-    # rows are sorted by snapshot time, so each split is a contiguous (zero-copy) slice
-    days = table[SNAPSHOT].dt.date()
-    n_train = int((days <= splits["train"][-1]).sum())
-    n_valid = int((days == splits["valid"][0]).sum())
-    parts = {
-        "train": table.slice(0, n_train),
-        "valid": table.slice(n_train, n_valid),
-        "test": table.slice(n_train + n_valid),
-    }
-    snapshot = {
-        "snapshot_hash": snapshot_hash,
-        "feature_columns": columns,
-        "rows": {name: part.height for name, part in parts.items()},
-        "label_rate": {
-            name: float(part[LABEL].mean()) if part.height else 0.0 for name, part in parts.items()
-        },
-        "splits": {name: [d.isoformat() for d in days] for name, days in splits.items()},
-        "feature_config": {**config.to_dict(), "categories": categories},
-        "code_version": FEATURE_CODE_VERSION,
-        "build_seconds": round(time.perf_counter() - started, 3),
-    }
-    _publish(snapshot_uri, parts, snapshot)
-    log.info(
-        "wrote feature snapshot %s (%s rows) in %.1f s",
-        snapshot_uri,
-        snapshot["rows"],
-        time.perf_counter() - started,
-    )
-    return snapshot
-
-
-def _publish(snapshot_uri: str, parts: dict[str, pl.DataFrame], snapshot: dict[str, Any]) -> None:
-    """Make the snapshot visible all at once; its manifest, written last, marks it complete.
-
-    Locally the files are written to a hidden temporary sibling that is renamed into place. On an object
-    store (no rename) the files are put directly and the manifest last: readers only trust a snapshot
-    whose manifest exists.
-    """
-    fs, path = io.filesystem(snapshot_uri)
-    if not io.is_local(fs):
-        for name, part in parts.items():
-            with fs.open(f"{path}/{name}.parquet", "wb") as handle:
-                part.write_parquet(handle, statistics=True)
-        io.write_manifest(snapshot_uri, snapshot)
-        return
-
-    parent = os.path.dirname(path.rstrip("/"))
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    os.makedirs(staging)
-    try:
-        for name, part in parts.items():
-            part.write_parquet(os.path.join(staging, f"{name}.parquet"), statistics=True)
-        if os.path.exists(os.path.join(path, io.MANIFEST_NAME)):
-            log.info("snapshot %s was completed concurrently: keeping that one", path)
-            return
-        if os.path.exists(path):  # left over by a build that died before its manifest
-            shutil.rmtree(path)
-        os.rename(staging, path)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
-    io.write_manifest(snapshot_uri, snapshot)
