@@ -2,7 +2,7 @@
 
 One JSON POST per event to ``ALERT_WEBHOOK_URL`` (any receiver that accepts JSON: Slack/Teams relays,
 Alertmanager-style gateways, a small in-house service). Unset means alerting is off: nothing is sent and
-nothing fails. Standard library only, because DAG files import this package at parse time.
+nothing fails. Standard library (and the light contract package) only: DAG files import this at parse time.
 
 An alert must never turn into a second failure: every function here logs and returns ``False`` instead of
 raising. Secrets never leave the process: values under secret-looking keys and the ``user:password@`` part
@@ -30,30 +30,26 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from mlcontract.source import mask_uri
+
 log = logging.getLogger(__name__)
 
 WEBHOOK_ENV = "ALERT_WEBHOOK_URL"
 SOURCE = "mlplatform"
-MASK = "***"
+MASK = "***"  # the same mark as mlcontract.source.mask_uri
 MAX_EXCEPTION_CHARS = 2000
 ENVELOPE_KEYS = ("event", "source", "sent_at")
 
 # Substrings of a key whose value is never sent. Over-masking (e.g. ``max_tokens``) is the safe error.
 _SECRET_KEY = re.compile(r"passw|pwd|secret|token|api[_-]?key|credential|authorization|private[_-]?key|cookie", re.IGNORECASE)
-# scheme://user:password@host → scheme://user:***@host. Greedy up to the last "@" so a password holding
-# "@" or an unencoded "/" is masked whole; it may over-mask a rare "host:port/path@x", never under-mask.
-_URI_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.\-]*://[^:/?#@\s]*):(?P<password>\S+)@", re.IGNORECASE)
-# ...?token=abc&sig=def → ...?token=***&sig=***
-_QUERY_SECRET = re.compile(
-    r"(?P<head>[?&](?:[a-z0-9_\-]*(?:token|secret|passw|key|sig|signature|credential)[a-z0-9_\-]*)=)[^&#\s]+", re.IGNORECASE
-)
+# A URI anywhere in a text (an exception message, a config value): masked whole by mlcontract's mask_uri.
+_URI = re.compile(r"\b[a-z][a-z0-9+.\-]*://\S+", re.IGNORECASE)
 _RETRYABLE_STATUS = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 
 
 def mask_text(text: str) -> str:
-    """Mask the password of every ``scheme://user:password@`` URI and secret-looking query parameters."""
-    text = _URI_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
-    return _QUERY_SECRET.sub(lambda m: f"{m['head']}{MASK}", text)
+    """Mask the password and secret-looking query parameters of every URI in ``text``."""
+    return _URI.sub(lambda match: mask_uri(match[0]), text)
 
 
 def scrub(value: Any) -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -18,7 +17,10 @@ IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*$"
 IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 # Column names in the Params form: no schema prefix
 COLUMN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-SECRET_QUERY = re.compile(r"(?i)([?&](?:password|secret|token|sig|signature|key|access_key)[^=&]*=)[^&#]*")
+# Any query key holding one of these words (api_key, x-amz-signature...); over-masking is the safe error.
+SECRET_QUERY = re.compile(r"(?i)([?&][a-z0-9_\-]*(?:passw|secret|token|sig|key|credential)[a-z0-9_\-]*=)[^&#\s]*")
+# user:password@ up to the LAST "@", so a password holding "@" or an unencoded "/" is masked whole.
+URI_PASSWORD = re.compile(r"(?i)^(?P<head>[a-z][a-z0-9+.\-]*://[^:/?#@\s]*):(?P<password>.+)@")
 
 
 def check_identifier(value: str | None, option: str) -> str | None:
@@ -32,14 +34,7 @@ def mask_uri(uri: str | None) -> str:
     """The URI with its password (and query-string secrets) hidden, safe to log."""
     if not uri:
         return ""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<uri>"
-    masked = uri
-    if parts.password:
-        credentials = parts.netloc.rpartition("@")[0]
-        masked = masked.replace(f"{credentials}@", f"{credentials.split(':', 1)[0]}:***@", 1)
+    masked = URI_PASSWORD.sub(lambda match: f"{match['head']}:***@", uri, count=1)
     return SECRET_QUERY.sub(r"\1***", masked)
 
 
