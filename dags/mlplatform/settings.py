@@ -1,26 +1,30 @@
-"""Pipeline settings, read from the environment.
+"""Pipeline settings, read from the environment (pydantic-settings).
 
 The same DAG code runs on a laptop (``PIPELINE_RUNTIME=local``, everything embedded under ``.local/``) and on
-a cluster (``PIPELINE_RUNTIME=kubernetes``, values injected by the Helm chart). Reading the environment is
-cheap and does no I/O, so it is safe at DAG parse time.
+a cluster (``PIPELINE_RUNTIME=kubernetes``, values injected by the Helm chart's pipeline-settings ConfigMap).
+Reading the environment is cheap and does no I/O, so it is safe at DAG parse time. A malformed value is a
+``ValueError`` (pydantic's ``ValidationError``) that names the variable.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DIGEST_PATTERN = re.compile(r"^sha256:[a-f0-9]{64}$")
-RUNTIMES = ("local", "kubernetes")
+DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 
 
-def local_home() -> Path:
-    """Where the embedded defaults live (git-ignored; ``make clean`` removes it)."""
-    return Path(os.environ.get("MLPLATFORM_HOME", REPO_ROOT / ".local")).resolve()
+def env(name: str, default: Any = "", **constraints: Any) -> Any:
+    """A field read from one environment variable (its name in the chart's ConfigMap)."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return Field(**factory, validation_alias=AliasChoices(name), **constraints)
 
 
 def image_ref(repository_and_tag: str, digest: str) -> str:
@@ -35,29 +39,91 @@ def image_ref(repository_and_tag: str, digest: str) -> str:
     return f"{repository}@{digest}"
 
 
-@dataclass(frozen=True)
-class Settings:
-    runtime: str
-    artifact_root: str
-    mlflow_tracking_uri: str
-    mlflow_experiment_name: str
-    mlflow_artifact_location: str
-    registered_model_name: str
-    namespace: str
-    features_image: str
-    trainer_image: str
-    image_pull_policy: str
-    code_version: str
-    step_service_account: str
-    warehouse_secret_name: str
-    object_store_secret_name: str
-    object_store_endpoint: str
-    gpu_node_selector: dict[str, str] = field(default_factory=dict)
-    gpu_toleration_key: str = "nvidia.com/gpu"
-    gpus_per_trainer_pod: int = 1
-    gpu_pool_slots: int = 1
-    keep_failed_pods: bool = True
-    task_retries: int = 2
+class Settings(BaseSettings):
+    """Every setting the Airflow side reads; each field is one environment variable (see ``env``).
+
+    Empty defaults that depend on another setting (the embedded paths under ``MLPLATFORM_HOME``, the image
+    tags under ``CODE_VERSION``) are filled in after reading, so an override of one moves the others.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    home: Path = env("MLPLATFORM_HOME", REPO_ROOT / ".local")
+    runtime: Literal["local", "kubernetes"] = env("PIPELINE_RUNTIME", "local")
+    artifact_root: str = env("ARTIFACT_ROOT")
+    mlflow_tracking_uri: str = env("MLFLOW_TRACKING_URI")
+    mlflow_artifact_location: str | None = env("MLFLOW_ARTIFACT_LOCATION", None)
+    mlflow_experiment_name: str = env("MLFLOW_EXPERIMENT_NAME", "customer-churn")
+    registered_model_name: str = env("REGISTERED_MODEL_NAME", "customer-churn")
+    namespace: str = env("K8S_NAMESPACE", "mlplatform")
+    code_version: str = env("CODE_VERSION", "0.1.0")
+    features_image: str = env("FEATURES_IMAGE")
+    features_image_digest: str = env("FEATURES_IMAGE_DIGEST", "")
+    trainer_image: str = env("TRAINER_IMAGE")
+    trainer_image_digest: str = env("TRAINER_IMAGE_DIGEST", "")
+    image_pull_policy: str = env("IMAGE_PULL_POLICY", "IfNotPresent")
+    image_pull_secrets: Annotated[list[str], NoDecode] = env("IMAGE_PULL_SECRETS", list)
+    step_service_account: str = env("STEP_SERVICE_ACCOUNT", "mlplatform-steps")
+    warehouse_secret_name: str = env("WAREHOUSE_SECRET_NAME", "mlplatform-warehouse")
+    object_store_secret_name: str = env("OBJECT_STORE_SECRET_NAME", "")
+    object_store_endpoint: str = env("AWS_ENDPOINT_URL", "")
+    object_store_region: str = env("AWS_DEFAULT_REGION", "")
+    gpu_node_selector: Annotated[dict[str, str], NoDecode] = env(
+        "GPU_NODE_SELECTOR", lambda: dict(DEFAULT_GPU_NODE_SELECTOR)
+    )
+    gpu_toleration_key: str = env("GPU_TOLERATION_KEY", "nvidia.com/gpu")
+    gpus_per_trainer_pod: int = env("GPU_REQUEST", 1, ge=0)
+    gpu_pool_slots: int = env("GPU_POOL_SLOTS", 1, ge=1)
+    keep_failed_pods: bool = env("KEEP_FAILED_PODS", True)
+    task_retries: int = env("TASK_RETRIES", 2, ge=0)
+
+    @field_validator("gpu_node_selector", mode="before")
+    @classmethod
+    def _node_selector_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"not valid JSON: {error}") from None
+            if not isinstance(value, dict):
+                raise ValueError("must be a JSON object of node labels")  # noqa: TRY004 (pydantic reports ValueError)
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+    @field_validator("image_pull_secrets", mode="before")
+    @classmethod
+    def _pull_secrets_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as error:
+                raise ValueError(f"not valid JSON: {error}") from None
+            if not isinstance(value, list):
+                raise ValueError("must be a JSON list of Secret names")  # noqa: TRY004 (pydantic reports ValueError)
+        return value
+
+    @field_validator("features_image_digest", "trainer_image_digest")
+    @classmethod
+    def _digest(cls, value: str) -> str:
+        image_ref("image", value)  # raises on a malformed digest
+        return value
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> Settings:
+        self.home = self.home.resolve()
+        self.artifact_root = (self.artifact_root or f"file://{self.home / 'artifacts'}").rstrip("/")
+        self.mlflow_tracking_uri = self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+        if self.mlflow_artifact_location is None:
+            # A tracking server stores artifacts itself; a SQLite store would write them into the working dir.
+            sqlite = self.mlflow_tracking_uri.startswith("sqlite")
+            self.mlflow_artifact_location = f"file://{self.home / 'mlflow-artifacts'}" if sqlite else ""
+        self.features_image = image_ref(
+            self.features_image or f"mlplatform/features:{self.code_version}", self.features_image_digest
+        )
+        self.trainer_image = image_ref(
+            self.trainer_image or f"mlplatform/trainer:{self.code_version}", self.trainer_image_digest
+        )
+        return self
 
     @property
     def gpu_enabled(self) -> bool:
@@ -65,56 +131,10 @@ class Settings:
         return self.runtime == "kubernetes" and self.gpus_per_trainer_pod > 0
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, str(default))
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-
-
 def load_settings() -> Settings:
-    home = local_home()
-    runtime = os.environ.get("PIPELINE_RUNTIME", "local")
-    if runtime not in RUNTIMES:
-        raise ValueError(f"PIPELINE_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}")
-    node_selector_raw = os.environ.get("GPU_NODE_SELECTOR", '{"nvidia.com/gpu.present": "true"}')
-    try:
-        node_selector = json.loads(node_selector_raw)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"GPU_NODE_SELECTOR is not valid JSON: {error}") from None
-    if not isinstance(node_selector, dict):
-        raise ValueError("GPU_NODE_SELECTOR must be a JSON object of node labels")
-    version = os.environ.get("CODE_VERSION", "0.1.0")
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    # A tracking server stores artifacts itself; a SQLite store would write them into the working directory.
-    default_artifacts = f"file://{home / 'mlflow-artifacts'}" if tracking_uri.startswith("sqlite") else ""
-    return Settings(
-        runtime=runtime,
-        artifact_root=os.environ.get("ARTIFACT_ROOT", f"file://{home / 'artifacts'}").rstrip("/"),
-        mlflow_tracking_uri=tracking_uri,
-        mlflow_artifact_location=os.environ.get("MLFLOW_ARTIFACT_LOCATION", default_artifacts),
-        mlflow_experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "customer-churn"),
-        registered_model_name=os.environ.get("REGISTERED_MODEL_NAME", "customer-churn"),
-        namespace=os.environ.get("K8S_NAMESPACE", "mlplatform"),
-        features_image=image_ref(
-            os.environ.get("FEATURES_IMAGE", f"mlplatform/features:{version}"),
-            os.environ.get("FEATURES_IMAGE_DIGEST", ""),
-        ),
-        trainer_image=image_ref(
-            os.environ.get("TRAINER_IMAGE", f"mlplatform/trainer:{version}"),
-            os.environ.get("TRAINER_IMAGE_DIGEST", ""),
-        ),
-        image_pull_policy=os.environ.get("IMAGE_PULL_POLICY", "IfNotPresent"),
-        code_version=version,
-        step_service_account=os.environ.get("STEP_SERVICE_ACCOUNT", "mlplatform-steps"),
-        warehouse_secret_name=os.environ.get("WAREHOUSE_SECRET_NAME", "mlplatform-warehouse"),
-        object_store_secret_name=os.environ.get("OBJECT_STORE_SECRET_NAME", ""),
-        object_store_endpoint=os.environ.get("AWS_ENDPOINT_URL", ""),
-        gpu_node_selector={str(k): str(v) for k, v in node_selector.items()},
-        gpu_toleration_key=os.environ.get("GPU_TOLERATION_KEY", "nvidia.com/gpu"),
-        gpus_per_trainer_pod=_int("GPU_REQUEST", 1),
-        gpu_pool_slots=_int("GPU_POOL_SLOTS", 1),
-        keep_failed_pods=os.environ.get("KEEP_FAILED_PODS", "true").lower() in ("1", "true", "yes"),
-        task_retries=_int("TASK_RETRIES", 2),
-    )
+    return Settings()
+
+
+def local_home() -> Path:
+    """Where the embedded defaults live (git-ignored; ``make clean`` removes it)."""
+    return load_settings().home

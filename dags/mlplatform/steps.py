@@ -16,14 +16,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
+from mlcontract import layout
+from mlcontract.manifests import Manifest
 
-from mlplatform.settings import Settings, load_settings, local_home
+from mlplatform.settings import Settings, load_settings
+
+M = TypeVar("M", bound=Manifest)
 
 SCRATCH_DIR = "/tmp"
 RUN_ID_TEMPLATE = "{{ run_id }}"
@@ -33,88 +38,58 @@ MAP_INDEX_SUFFIX_TEMPLATE = "{% if ti.map_index is not none and ti.map_index >= 
 
 @dataclass(frozen=True)
 class StepFamily:
-    """What a group of steps shares: image, CLI module, resources, placement and time limits."""
+    """What a group of steps shares: image, CLI module, resources (request, limit), placement and time limits."""
 
     name: str
     module: str
     image_setting: str
-    requests: dict[str, str]
-    limits: dict[str, str]
+    cpu: tuple[str, str]
+    memory: tuple[str, str]
     execution_timeout: timedelta
     needs_warehouse: bool = False
     on_gpu_pool: bool = False
 
+    @property
+    def requests(self) -> dict[str, str]:
+        return {"cpu": self.cpu[0], "memory": self.memory[0]}
 
-FEATURES = StepFamily(
-    name="features",
-    module="features",
-    image_setting="features_image",
-    requests={"cpu": "1", "memory": "4Gi"},
-    limits={"cpu": "4", "memory": "16Gi"},
-    execution_timeout=timedelta(hours=2),
-    needs_warehouse=True,
-)
-TRAINER_GPU = StepFamily(
-    name="trainer-gpu",
-    module="trainer",
-    image_setting="trainer_image",
-    requests={"cpu": "2", "memory": "8Gi"},
-    limits={"cpu": "8", "memory": "32Gi"},
-    execution_timeout=timedelta(hours=3),
-    on_gpu_pool=True,
-)
-TRAINER_CPU = StepFamily(
-    name="trainer-cpu",
-    module="trainer",
-    image_setting="trainer_image",
-    requests={"cpu": "1", "memory": "4Gi"},
-    limits={"cpu": "2", "memory": "8Gi"},
-    execution_timeout=timedelta(hours=1),
-)
+    @property
+    def limits(self) -> dict[str, str]:
+        return {"cpu": self.cpu[1], "memory": self.memory[1]}
+
+
+FEATURES = StepFamily("features", "features", "features_image", cpu=("1", "4"), memory=("4Gi", "16Gi"),
+                      execution_timeout=timedelta(hours=2), needs_warehouse=True)
+TRAINER_GPU = StepFamily("trainer-gpu", "trainer", "trainer_image", cpu=("2", "8"), memory=("8Gi", "32Gi"),
+                         execution_timeout=timedelta(hours=3), on_gpu_pool=True)
+TRAINER_CPU = StepFamily("trainer-cpu", "trainer", "trainer_image", cpu=("1", "2"), memory=("4Gi", "8Gi"),
+                         execution_timeout=timedelta(hours=1))
 
 # GPU nodes are usually scaled from zero: give the scheduler time to bring one up before failing the step.
 GPU_SCHEDULE_TIMEOUT_SECONDS = 30 * 60
 CPU_SCHEDULE_TIMEOUT_SECONDS = 10 * 60
 
 
-def run_prefix(settings: Settings) -> str:
-    return f"{settings.artifact_root}/runs/{DAG_ID_TEMPLATE}/{RUN_ID_TEMPLATE}"
-
-
 def step_dir(task_id: str, settings: Settings | None = None) -> str:
     """Jinja template of a step's run-scoped output directory (rendered per task instance)."""
     settings = settings or load_settings()
-    return f"{run_prefix(settings)}/{task_id}"
+    return layout.step_dir(settings.artifact_root, DAG_ID_TEMPLATE, RUN_ID_TEMPLATE, task_id)
 
 
-def step_output_uri(artifact_root: str, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
-    """The rendered form of ``step_dir``: where a finished step's manifest is read from."""
-    uri = f"{artifact_root.rstrip('/')}/runs/{dag_id}/{run_id}/{task_id}"
-    return f"{uri}/{map_index}" if map_index is not None and map_index >= 0 else uri
-
-
-def trial_arguments(
-    artifact_root: str, dag_id: str, run_id: str, *, n_trials: int, seed: int, max_rounds: int
-) -> list[list[str]]:
-    """CLI arguments of each hyperparameter trial; one mapped trainer pod per entry."""
-    features = step_output_uri(artifact_root, dag_id, run_id, "build_features")
-    return [
-        ["trial", "--features", features, "--trial-index", str(index), "--n-trials", str(n_trials),
-         "--seed", str(seed), "--max-rounds", str(max_rounds)]
-        for index in range(n_trials)
-    ]
-
-
-def read_step_manifest(task_id: str, map_index: int = -1, context: dict | None = None) -> dict[str, Any]:
-    """Read a finished step's manifest for the current DAG run (Airflow-side, from storage)."""
+def step_output_dir(task_id: str, map_index: int | None = None, context: Mapping[str, Any] | None = None) -> str:
+    """The rendered form of ``step_dir`` for the current DAG run (Airflow-side, at run time)."""
     from airflow.sdk import get_current_context
-    from features import io
 
     context = context or get_current_context()
-    uri = step_output_uri(
-        load_settings().artifact_root, context["dag"].dag_id, context["run_id"], task_id, map_index
-    )
-    return io.read_manifest(uri)
+    return layout.step_dir(load_settings().artifact_root, context["dag"].dag_id, context["run_id"], task_id,
+                           map_index)
+
+
+def read_step_manifest(
+    task_id: str, manifest: type[M], map_index: int | None = None, context: Mapping[str, Any] | None = None
+) -> M:
+    """A finished step's manifest for the current DAG run, read with its model (from storage)."""
+    return manifest.read(step_output_dir(task_id, map_index, context))
 
 
 def _secret_env(name: str, secret: str, key: str) -> k8s.V1EnvVar:
@@ -127,7 +102,7 @@ def _secret_env(name: str, secret: str, key: str) -> k8s.V1EnvVar:
 def _env(family: StepFamily, settings: Settings) -> list[k8s.V1EnvVar]:
     image = getattr(settings, family.image_setting)
     plain = {
-        "STEP_OUTPUT_URI": f"{run_prefix(settings)}/{{{{ ti.task_id }}}}{MAP_INDEX_SUFFIX_TEMPLATE}",
+        "STEP_OUTPUT_URI": step_dir("{{ ti.task_id }}", settings) + MAP_INDEX_SUFFIX_TEMPLATE,
         "PIPELINE_DAG_ID": DAG_ID_TEMPLATE,
         "PIPELINE_RUN_ID": RUN_ID_TEMPLATE,
         "PIPELINE_TASK_ID": "{{ ti.task_id }}",
@@ -147,6 +122,8 @@ def _env(family: StepFamily, settings: Settings) -> list[k8s.V1EnvVar]:
         plain["MLFLOW_ARTIFACT_LOCATION"] = settings.mlflow_artifact_location
     if settings.object_store_endpoint:
         plain["AWS_ENDPOINT_URL"] = settings.object_store_endpoint
+    if settings.object_store_region:
+        plain["AWS_DEFAULT_REGION"] = settings.object_store_region
     env = [k8s.V1EnvVar(name=name, value=value) for name, value in plain.items()]
     if family.needs_warehouse:
         env.append(_secret_env("WAREHOUSE_URI", settings.warehouse_secret_name, "uri"))
@@ -214,6 +191,7 @@ def pod_kwargs(family: StepFamily, settings: Settings | None = None) -> dict[str
         },
         "annotations": {"mlplatform/image": image},
         "service_account_name": settings.step_service_account,
+        "image_pull_secrets": [k8s.V1LocalObjectReference(name=name) for name in settings.image_pull_secrets] or None,
         "automount_service_account_token": False,
         "security_context": POD_SECURITY_CONTEXT,
         "container_security_context": CONTAINER_SECURITY_CONTEXT,
@@ -283,7 +261,7 @@ class PipelineStepOperator(KubernetesPodOperator):
 
 # --- the local runtime: run a rendered pod's container as a process -------------------------------------
 
-LOCAL_SECRET_DEFAULTS = {"WAREHOUSE_URI": lambda: f"sqlite:///{local_home() / 'warehouse.db'}"}
+LOCAL_SECRET_DEFAULTS = {"WAREHOUSE_URI": lambda: f"sqlite:///{load_settings().home / 'warehouse.db'}"}
 # A process is not a container: it needs the host's basics to find the interpreter and libraries.
 HOST_ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "VIRTUAL_ENV")
 

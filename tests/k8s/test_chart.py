@@ -15,6 +15,7 @@ import helm_python as helm
 import jsonschema
 import pytest
 import yaml
+from chart_queries import find, one, pipeline_settings
 from k8s_schema import K8sSchemaError, validate_k8s_object
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,20 +25,6 @@ NAMESPACE = "mlplatform"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet", "Pod", "CronJob"}
 OURS = "mlplatform/templates/"
 DIGEST = "sha256:" + "ab" * 32
-
-
-def find(objects: Objects, kind: str, name: str | None = None) -> list[dict[str, Any]]:
-    return [o for _, o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
-
-
-def one(objects: Objects, kind: str, name: str) -> dict[str, Any]:
-    found = find(objects, kind, name)
-    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
-    return found[0]
-
-
-def settings(objects: Objects) -> dict[str, str]:
-    return one(objects, "ConfigMap", f"{RELEASE}-pipeline-settings")["data"]
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +219,7 @@ def test_rbac_is_namespaced_and_least_privilege(variant, request):
 def test_step_service_account_mounts_no_token(default_objects):
     sa = one(default_objects, "ServiceAccount", f"{RELEASE}-step")
     assert sa["automountServiceAccountToken"] is False
-    assert settings(default_objects)["STEP_SERVICE_ACCOUNT"] == sa["metadata"]["name"]
+    assert pipeline_settings(default_objects)["STEP_SERVICE_ACCOUNT"] == sa["metadata"]["name"]
 
 
 # --- bad values fail at render ----------------------------------------------------------------
@@ -290,7 +277,7 @@ def test_digest_overrides_tag(render):
     objects = render(
         {"images": {"features": {"tag": "1.2.3", "digest": DIGEST}, "trainer": {"tag": "1.2.3"}}}
     )
-    data = settings(objects)
+    data = pipeline_settings(objects)
     assert data["FEATURES_IMAGE"] == f"ghcr.io/your-org/mlplatform-features@{DIGEST}"
     assert data["TRAINER_IMAGE"] == "ghcr.io/your-org/mlplatform-trainer:1.2.3"
     mlflow = one(objects, "Deployment", f"{RELEASE}-mlflow")
@@ -299,7 +286,7 @@ def test_digest_overrides_tag(render):
 
 def test_tag_defaults_to_app_version(chart, default_objects):
     app_version = str(yaml.safe_load((chart.CHART_DIR / "Chart.yaml").read_text())["appVersion"])
-    assert settings(default_objects)["FEATURES_IMAGE"].endswith(f":{app_version}")
+    assert pipeline_settings(default_objects)["FEATURES_IMAGE"].endswith(f":{app_version}")
 
 
 # --- settings the DAGs read -----------------------------------------------------------------
@@ -328,7 +315,7 @@ REQUIRED_SETTINGS = {
 
 
 def test_pipeline_settings_defaults(default_objects):
-    data = settings(default_objects)
+    data = pipeline_settings(default_objects)
     assert REQUIRED_SETTINGS <= data.keys()
     assert data["PIPELINE_RUNTIME"] == "kubernetes"
     assert data["ARTIFACT_ROOT"] == "s3://mlplatform/artifacts"
@@ -344,7 +331,7 @@ def test_pipeline_settings_defaults(default_objects):
 
 
 def test_kind_values_render_the_gpu_pool_without_gpus(kind_objects, kind_values):
-    data = settings(kind_objects)
+    data = pipeline_settings(kind_objects)
     assert json.loads(data["GPU_NODE_SELECTOR"]) == {"pool": "gpu"}
     assert data["GPU_TOLERATION_KEY"] == "nvidia.com/gpu"
     assert data["GPU_REQUEST"] == "0"

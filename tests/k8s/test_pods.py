@@ -29,7 +29,7 @@ CLUSTER_ENV = {
 def render(monkeypatch, **env: str) -> dict:
     from airflow.dag_processing.dagbag import DagBag
 
-    from mlplatform.render import pod_to_dict, render_pods
+    from devtools.render import pod_to_dict, render_pods
 
     for name, value in {**CLUSTER_ENV, **env}.items():
         monkeypatch.setenv(name, value)
@@ -139,7 +139,11 @@ def _subcommands(module: str) -> set[str]:
     import subprocess
 
     usage = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True)
-    return set(re.search(r"\{([a-z,-]+)\}", usage.stdout).group(1).split(","))
+    choices = re.search(r"\{([a-z,-]+)\}", usage.stdout)
+    if choices:
+        return set(choices.group(1).split(","))
+    # argparse with a metavar lists each command on its own line under the positional arguments
+    return set(re.findall(r"^    ([a-z][a-z-]*)(?:\s|$)", usage.stdout, flags=re.MULTILINE))
 
 
 def test_commands_are_the_image_clis(cluster_pods):
@@ -195,9 +199,9 @@ def test_bad_digest_is_rejected(monkeypatch):
 def test_local_runtime_runs_exactly_the_rendered_pod(monkeypatch, tmp_path):
     """The local runtime executes the pod's command, args and env: nothing added, nothing dropped."""
     from airflow.dag_processing.dagbag import DagBag
-
-    from mlplatform.render import _sample_context
     from mlplatform.steps import FEATURES, step
+
+    from devtools.render import sample_context
 
     monkeypatch.setenv("PIPELINE_RUNTIME", "local")
     monkeypatch.setenv("ARTIFACT_ROOT", f"file://{tmp_path}/artifacts")
@@ -208,7 +212,7 @@ def test_local_runtime_runs_exactly_the_rendered_pod(monkeypatch, tmp_path):
               f"open({str(record)!r}, 'w'))")
     operator = step("probe", FEATURES, ["extract", "--cutoff", "{{ params.cutoff }}", "--seed", "{{ params.seed }}"],
                     cmds=["python", "-c", script])
-    context = _sample_context(dag, "probe", -1)
+    context = sample_context(dag, "probe", -1)
     operator.render_template_fields(context, jinja_env=dag.get_template_env())
     pod = operator.build_pod_request_obj(context, dry_run=True)
     operator.execute(context)
@@ -229,13 +233,30 @@ def test_local_runtime_runs_exactly_the_rendered_pod(monkeypatch, tmp_path):
 
 def test_local_runtime_failure_names_the_step(monkeypatch, tmp_path):
     from airflow.dag_processing.dagbag import DagBag
-
-    from mlplatform.render import _sample_context
     from mlplatform.steps import FEATURES, step
+
+    from devtools.render import sample_context
 
     monkeypatch.setenv("PIPELINE_RUNTIME", "local")
     monkeypatch.setenv("ARTIFACT_ROOT", f"file://{tmp_path}")
     dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["ml_model_training"]
     operator = step("failing_probe", FEATURES, [], cmds=["python", "-c", "import sys; sys.exit(3)"])
     with pytest.raises(RuntimeError, match="failing_probe.*exited with 3"):
-        operator.execute(_sample_context(dag, "failing_probe", -1))
+        operator.execute(sample_context(dag, "failing_probe", -1))
+
+
+def test_pull_secrets_and_region_reach_the_step_pods(monkeypatch):
+    pods = render(monkeypatch, IMAGE_PULL_SECRETS='["registry-cred"]', AWS_DEFAULT_REGION="eu-west-1")
+    for key, pod in pods.items():
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "registry-cred"}], key
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env["AWS_DEFAULT_REGION"] == "eu-west-1", key
+
+
+def test_monitor_reads_labels_from_the_extract_labels_step(cluster_pods):
+    labels = cluster_pods[("model_monitoring", "extract_labels")]["spec"]["containers"][0]
+    monitor = cluster_pods[("model_monitoring", "monitor")]["spec"]["containers"][0]
+    assert labels["args"][0] == "extract-labels" and labels["image"].startswith("mlplatform/features:")
+    output = next(e["value"] for e in labels["env"] if e["name"] == "STEP_OUTPUT_URI")
+    assert monitor["args"][monitor["args"].index("--labels") + 1] == output
+    assert "WAREHOUSE_URI" not in {e["name"] for e in monitor["env"]}, "the monitor pod needs no warehouse secret"

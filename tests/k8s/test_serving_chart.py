@@ -15,6 +15,7 @@ import helm_python as helm
 import jsonschema
 import pytest
 import yaml
+from chart_queries import find, one
 from k8s_schema import validate_k8s_object
 
 Objects = list[tuple[str, dict[str, Any]]]
@@ -32,16 +33,6 @@ def routed(challenger_weight: int | None = None, **route: Any) -> dict[str, Any]
     if challenger_weight is not None:
         serving["abTest"] = {"enabled": True, "challengerWeight": challenger_weight}
     return {"serving": serving}
-
-
-def find(objects: Objects, kind: str, name: str | None = None) -> list[dict[str, Any]]:
-    return [o for _, o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
-
-
-def one(objects: Objects, kind: str, name: str) -> dict[str, Any]:
-    found = find(objects, kind, name)
-    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
-    return found[0]
 
 
 def serving_objects(objects: Objects, kind: str) -> dict[str, dict[str, Any]]:
