@@ -1,20 +1,22 @@
-"""What every DAG of the platform shares: retries, failure alerts, one run at a time, the date Param."""
+"""What every DAG of the platform shares: retries, failure alerts, one run at a time, docs and tags."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
-
-from airflow.sdk import Param
 
 from mlplatform.alerts import dag_failure_alert, task_failure_alert
 from mlplatform.settings import Settings
 
-DATE_PATTERN = r"^(|\d{4}-\d{2}-\d{2})$"
+PROJECT_TAG = "customer-churn"
 
 
-def dag_kwargs(settings: Settings) -> dict[str, Any]:
+def dag_kwargs(settings: Settings, *, stage: str, start_date: datetime, doc_md: str | None) -> dict[str, Any]:
+    """``@dag`` arguments of a platform DAG; ``stage`` (training, scoring, monitoring) is one of its tags."""
     return {
+        "start_date": start_date,
+        "doc_md": doc_md,
+        "tags": ["ml", stage, PROJECT_TAG],
         "catchup": False,
         "max_active_runs": 1,
         "default_args": {
@@ -25,8 +27,3 @@ def dag_kwargs(settings: Settings) -> dict[str, Any]:
         },
         "on_failure_callback": dag_failure_alert,
     }
-
-
-def date_param(description: str) -> Param:
-    """A YYYY-MM-DD date, empty meaning the run's own date."""
-    return Param("", type="string", pattern=DATE_PATTERN, description=description)

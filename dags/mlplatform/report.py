@@ -2,57 +2,69 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from mlcontract import layout, storage
+from mlcontract.errors import MissingManifest
+from mlcontract.manifests import BuildManifest, ExtractManifest, GateManifest, Manifest, TrainManifest
+from mlcontract.names import CHAMPION
+from mlcontract.source import mask_uri
+
+from mlplatform.registry import alias_version
 from mlplatform.settings import Settings
+from mlplatform.steps import read_step_manifest
 
 
-def _maybe(task_id: str) -> dict[str, Any]:
-    from mlplatform.steps import read_step_manifest
-
+def finished(task_id: str, manifest: type[Manifest]) -> Any | None:
+    """A step's manifest, or None when the step did not finish (a failed or skipped branch)."""
     try:
-        return read_step_manifest(task_id)
-    except FileNotFoundError:
-        return {}
+        return read_step_manifest(task_id, manifest)
+    except MissingManifest:
+        return None
 
 
-def latest_summary_uri(artifact_root: str, dag_id: str) -> str:
-    return f"{artifact_root}/runs/{dag_id}/latest-summary.json"
+def pick(manifest: Manifest | None, **fields: str) -> dict[str, Any]:
+    """``{name: manifest.<field>}``, all None when the step did not finish."""
+    return {name: getattr(manifest, field) if manifest else None for name, field in fields.items()}
+
+
+def gate_summary(gate: GateManifest | None) -> dict[str, Any]:
+    return {"success": gate.success if gate else None,
+            "failures": [failure.model_dump(mode="json") for failure in gate.failures] if gate else []}
 
 
 def write_run_summary(settings: Settings, *, decision: dict, best_trial: dict) -> dict:
     from airflow.sdk import get_current_context
-    from features import io
-
-    from mlplatform.registry import CHAMPION, alias_version
-    from mlplatform.steps import step_output_uri
 
     context = get_current_context()
     dag_id, run_id = context["dag"].dag_id, context["run_id"]
-    extract, build, train = _maybe("extract"), _maybe("build_features"), _maybe("train_model")
-    gates = {
-        name: {"success": manifest.get("success"), "failures": manifest.get("failures", [])}
-        for name, manifest in (("raw", _maybe("validate_raw")), ("features", _maybe("validate_features")))
-    }
+    extract = finished("extract", ExtractManifest)
+    build = finished("build_features", BuildManifest)
+    train = finished("train_model", TrainManifest)
     summary = {
         "dag_id": dag_id,
         "run_id": run_id,
-        "rows": {"extracted": extract.get("rows"), "features": build.get("rows")},
-        "snapshot": {"hash": build.get("snapshot_hash"), "uri": build.get("snapshot_uri"), "reused": build.get("reused")},
-        "gates": gates,
+        "rows": {**pick(extract, extracted="rows"), **pick(build, features="rows")},
+        "snapshot": pick(build, hash="snapshot_hash", uri="snapshot_uri", reused="reused"),
+        "gates": {
+            "raw": gate_summary(finished("validate_raw", GateManifest)),
+            "features": gate_summary(finished("validate_features", GateManifest)),
+        },
         "best_trial": best_trial,
         "model": {
             "name": settings.registered_model_name,
-            "version": train.get("model_version"),
-            "uri": train.get("model_uri"),
-            "mlflow_run_id": train.get("mlflow_run_id"),
-            "metrics": train.get("metrics"),
+            **pick(train, version="model_version", uri="model_uri", mlflow_run_id="mlflow_run_id", metrics="metrics"),
         },
         "decision": decision,
         "champion_version": alias_version(settings.mlflow_tracking_uri, settings.registered_model_name, CHAMPION),
-        "mlflow_tracking_uri": settings.mlflow_tracking_uri if "@" not in settings.mlflow_tracking_uri else "(set)",
-        "artifacts": step_output_uri(settings.artifact_root, dag_id, run_id, ""),
+        "mlflow_tracking_uri": mask_uri(settings.mlflow_tracking_uri),
+        "artifacts": layout.run_dir(settings.artifact_root, dag_id, run_id),
     }
-    io.atomic_write_json(step_output_uri(settings.artifact_root, dag_id, run_id, "report") + "/summary.json", summary)
-    io.atomic_write_json(latest_summary_uri(settings.artifact_root, dag_id), summary)
+    storage.write_json(
+        storage.join_uri(layout.step_dir(settings.artifact_root, dag_id, run_id, "report"), layout.SUMMARY_FILE),
+        summary,
+    )
+    storage.write_json(layout.latest_summary_uri(settings.artifact_root, dag_id), summary)
+    print(json.dumps(summary, indent=2, default=str))
     return summary

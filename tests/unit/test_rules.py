@@ -1,43 +1,116 @@
+"""The "two metrics and a margin" rules (mlcontract.rules): promotion, rollback and the A/B test."""
+
 import math
 
 import pytest
+from mlcontract.rules import (
+    INSUFFICIENT,
+    KEEP,
+    PROMOTE,
+    REJECT,
+    ROLLBACK,
+    Score,
+    decide_ab,
+    decide_promotion,
+    decide_rollback,
+)
 
-from mlplatform.promotion import decide_promotion
 
+def promotion(challenger: float, champion: float | None, **kwargs):
+    return decide_promotion(Score(version="2", value=challenger),
+                            None if champion is None else Score(version="1", value=champion), **kwargs)
+
+
+# --- promotion -------------------------------------------------------------------------------------------
 
 def test_first_model_is_promoted_when_it_clears_the_threshold():
-    decision = decide_promotion(0.81, None, threshold=0.7, margin=0.01)
-    assert decision.promote
+    decision = promotion(0.81, None, threshold=0.7, margin=0.01)
+    assert decision.action == PROMOTE and decision.acts
     assert "first model" in decision.reason
 
 
 def test_first_model_below_threshold_is_rejected():
-    decision = decide_promotion(0.65, None, threshold=0.7, margin=0.01)
-    assert not decision.promote
+    decision = promotion(0.65, None, threshold=0.7, margin=0.01)
+    assert decision.action == REJECT and not decision.acts
     assert "below the threshold" in decision.reason
 
 
 def test_challenger_must_beat_champion_by_the_margin():
-    assert not decide_promotion(0.805, 0.80, threshold=0.7, margin=0.01).promote
-    assert decide_promotion(0.81, 0.80, threshold=0.7, margin=0.01).promote
+    assert promotion(0.805, 0.80, threshold=0.7, margin=0.01).action == REJECT
+    assert promotion(0.81, 0.80, threshold=0.7, margin=0.01).action == PROMOTE
 
 
 def test_better_than_champion_but_below_threshold_is_rejected():
-    decision = decide_promotion(0.69, 0.60, threshold=0.7, margin=0.0)
-    assert not decision.promote
+    decision = promotion(0.69, 0.60, threshold=0.7, margin=0.0)
+    assert decision.action == REJECT
     assert "threshold" in decision.reason
 
 
 def test_worse_challenger_is_rejected_and_the_reason_names_both_scores():
-    decision = decide_promotion(0.78, 0.80, threshold=0.7, margin=0.0)
-    assert not decision.promote
+    decision = promotion(0.78, 0.80, threshold=0.7, margin=0.0)
+    assert decision.action == REJECT
     assert "0.7800" in decision.reason and "0.8000" in decision.reason
 
 
 def test_nan_metric_never_promotes():
-    assert not decide_promotion(math.nan, None, threshold=0.5, margin=0.0).promote
+    assert promotion(math.nan, None, threshold=0.5, margin=0.0).action == REJECT
 
 
 def test_negative_margin_is_an_error():
     with pytest.raises(ValueError, match="margin"):
-        decide_promotion(0.9, 0.8, threshold=0.5, margin=-0.1)
+        promotion(0.9, 0.8, threshold=0.5, margin=-0.1)
+
+
+def test_a_champion_that_cannot_be_compared_leaves_only_the_threshold():
+    champion = Score(version="1", value=None, comparable=False, reason="other features")
+    decision = decide_promotion(Score(version="2", value=0.75), champion, threshold=0.7, margin=0.01)
+    assert decision.action == PROMOTE and "other features" in decision.reason
+    assert decision.incumbent.version == "1" and decision.candidate.version == "2"
+
+
+# --- rollback --------------------------------------------------------------------------------------------
+
+def auc(version: str, value: float | None, rows: int = 500, **kwargs) -> Score:
+    return Score(version=version, value=value, rows=rows, **kwargs)
+
+
+def test_rollback_when_the_previous_champion_is_better_by_more_than_the_margin():
+    decision = decide_rollback(auc("5", 0.61), auc("4", 0.70), margin=0.01, min_rows=100)
+    assert decision.action == ROLLBACK and decision.acts
+    assert decision.incumbent.version == "5" and decision.candidate.version == "4"
+    assert "v5" in decision.reason and "v4" in decision.reason
+
+
+def test_no_rollback_within_the_margin():
+    assert decide_rollback(auc("5", 0.695), auc("4", 0.70), margin=0.01, min_rows=100).action == KEEP
+
+
+@pytest.mark.parametrize(
+    "champion, previous, why",
+    [
+        (None, auc("4", 0.7), "labels"),
+        (auc("5", None), auc("4", 0.7), "labels"),
+        (auc("5", 0.5), None, "no previous champion"),
+        (auc("5", 0.5), auc("4", None, comparable=False, reason="missing features"), "missing features"),
+        (auc("5", 0.5, rows=20), auc("4", 0.9, rows=20), "20 labelled rows"),
+    ],
+)
+def test_no_rollback_without_enough_evidence(champion, previous, why):
+    decision = decide_rollback(champion, previous, margin=0.01, min_rows=100)
+    assert decision.action == KEEP and why in decision.reason
+
+
+# --- A/B test --------------------------------------------------------------------------------------------
+
+def test_ab_promotes_a_challenger_arm_that_does_at_least_as_well_plus_the_margin():
+    decision = decide_ab(auc("4", 0.70), auc("6", 0.72), margin=0.02, min_rows=100)
+    assert decision.action == PROMOTE and decision.rule == "ab_test"
+
+
+def test_ab_keeps_the_champion_when_the_challenger_arm_is_worse():
+    assert decide_ab(auc("4", 0.70), auc("6", 0.71), margin=0.02, min_rows=100).action == KEEP
+
+
+def test_ab_waits_for_enough_labelled_rows_in_both_arms():
+    assert decide_ab(auc("4", 0.70), auc("6", 0.90, rows=50), margin=0.0, min_rows=100).action == INSUFFICIENT
+    assert decide_ab(auc("4", math.nan), auc("6", 0.90), margin=0.0, min_rows=100).action == INSUFFICIENT

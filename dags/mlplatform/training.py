@@ -1,0 +1,141 @@
+"""The training DAG's Airflow-side tasks: plan the trials, pick the best, apply the promotion rule, record it.
+
+Each function is what one task of ``ml_model_training`` does; the DAG file only wires them. They read step
+manifests with their models (``mlcontract.manifests``) and pass small dicts through XCom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from mlcontract import layout
+from mlcontract.manifests import EvaluateManifest, ModelEvaluation, TrainManifest, TrialManifest
+from mlcontract.names import AB_TEST, FULL
+from mlcontract.rules import PROMOTE, Decision, Score, decide_promotion
+
+from mlplatform import deployment, registry
+from mlplatform.settings import Settings, load_settings
+from mlplatform.steps import read_step_manifest
+from mlplatform.xcom import renders_as
+
+PROMOTION_METRIC = "auc"  # of the evaluate step's test-set metrics
+SAMPLE_MODEL_VERSION = "7"
+SAMPLE_BEST_TRIAL = {"trial": 0, "valid_auc": 0.0, "params": {"max_depth": 6, "learning_rate": 0.05}}
+
+
+@renders_as(SAMPLE_MODEL_VERSION)
+def challenger_version(dag_id: str, run_id: str) -> str:
+    """Jinja macro: the version ``train_model`` registered, read from its manifest when ``evaluate`` renders."""
+    manifest = TrainManifest.read(layout.step_dir(load_settings().artifact_root, dag_id, run_id, "train_model"))
+    return str(manifest.model_version)
+
+
+def trial_arguments(
+    artifact_root: str, dag_id: str, run_id: str, *, n_trials: int, seed: int, max_rounds: int
+) -> list[list[str]]:
+    """CLI arguments of each hyperparameter trial; one mapped trainer pod per entry."""
+    features = layout.step_dir(artifact_root, dag_id, run_id, "build_features")
+    return [
+        ["trial", "--features", features, "--trial-index", str(index), "--n-trials", str(n_trials),
+         "--seed", str(seed), "--max-rounds", str(max_rounds)]
+        for index in range(n_trials)
+    ]
+
+
+def plan_trials(params: dict[str, Any], dag_id: str, run_id: str) -> list[list[str]]:
+    return trial_arguments(
+        load_settings().artifact_root, dag_id, run_id, n_trials=int(params["n_trials"]), seed=int(params["seed"]),
+        max_rounds=int(params["max_boost_rounds"]),
+    )
+
+
+def sample_trials(context: dict[str, Any]) -> list[list[str]]:
+    """What ``plan_trials`` pushes for the sample run ``make render`` shows."""
+    return plan_trials(context["params"], context["dag"].dag_id, context["run_id"])
+
+
+def best_trial(trials: list[TrialManifest]) -> dict[str, Any]:
+    """Best trial by validation AUC; ties go to the lower trial index so reruns choose the same."""
+    index = max(range(len(trials)), key=lambda i: (trials[i].valid_auc, -i))
+    return {"trial": index, "valid_auc": trials[index].valid_auc, "params": trials[index].params}
+
+
+def select_best_trial(n_trials: int) -> dict[str, Any]:
+    trials = [read_step_manifest("train_trial", TrialManifest, map_index=i) for i in range(n_trials)]
+    best = best_trial(trials)
+    print(f"best trial {best['trial']} of {len(trials)}: valid AUC {best['valid_auc']:.4f} params {best['params']}")
+    return best
+
+
+def score(evaluation: ModelEvaluation, rows: int) -> Score:
+    """A model's test-set score as the promotion rule compares it."""
+    metrics = evaluation.metrics or {}
+    value = metrics.get(PROMOTION_METRIC)
+    return Score(version=evaluation.version, value=None if value is None else float(value), rows=rows,
+                 comparable=evaluation.comparable and value is not None, reason=evaluation.reason)
+
+
+def promotion_decision(evaluation: EvaluateManifest, *, threshold: float, margin: float) -> Decision:
+    """The promotion rule on the challenger's and champion's metrics on the same test set."""
+    champion = evaluation.champion
+    return decide_promotion(
+        score(evaluation.challenger, evaluation.test_rows),
+        score(champion, evaluation.test_rows) if champion is not None else None,
+        threshold=threshold, margin=margin, metric=f"test_{PROMOTION_METRIC}",
+    )
+
+
+def compare_models(params: dict[str, Any]) -> dict[str, Any]:
+    decision = promotion_decision(
+        read_step_manifest("evaluate", EvaluateManifest),
+        threshold=float(params["promotion_threshold"]), margin=float(params["promotion_margin"]),
+    )
+    print(f"{decision.action.upper()}: {decision.reason}")
+    return decision.model_dump(mode="json")
+
+
+def route(decision: dict[str, Any], deploy_mode: str) -> str:
+    """The task after the branch: reject, promote, or (with a champion to test against) an A/B test."""
+    promotion = Decision.model_validate(decision)
+    if promotion.action != PROMOTE:
+        return "reject"
+    # The first model has no champion to test against: it is promoted outright.
+    if deploy_mode == AB_TEST and promotion.incumbent is not None:
+        return "start_ab_test"
+    return "promote"
+
+
+def record_decision(action: str, decision: dict[str, Any], dag_id: str, run_id: str,
+                    settings: Settings | None = None) -> dict[str, Any]:
+    """The audited registry move (``registry.promote`` or ``registry.reject``) for a promotion decision."""
+    settings = settings or load_settings()
+    promotion = Decision.model_validate(decision)
+    move = getattr(registry, action)(
+        settings.mlflow_tracking_uri, settings.artifact_root, settings.registered_model_name,
+        promotion.candidate.version, reason=promotion.reason, dag_id=dag_id, run_id=run_id,
+        metrics={"challenger": promotion.candidate.value,
+                 "champion": promotion.incumbent.value if promotion.incumbent else None},
+    )
+    return asdict(move)
+
+
+def deploy(move: dict[str, Any], dag_id: str, run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Record what serving should run: ``make serve`` locally, the chart's per-alias Deployments on a cluster."""
+    settings = settings or load_settings()
+    return deployment.record_deployment(
+        settings.artifact_root, settings.registered_model_name, move["to_version"], mode=FULL,
+        dag_id=dag_id, run_id=run_id,
+    )
+
+
+def start_ab_test(decision: dict[str, Any], challenger_share: float, dag_id: str, run_id: str,
+                  settings: Settings | None = None) -> dict[str, Any]:
+    """Serve the challenger next to the champion; monitoring decides the test from realised outcomes."""
+    settings = settings or load_settings()
+    promotion = Decision.model_validate(decision)
+    return deployment.record_deployment(
+        settings.artifact_root, settings.registered_model_name, promotion.incumbent.version, mode=AB_TEST,
+        challenger_version=promotion.candidate.version, challenger_share=challenger_share,
+        dag_id=dag_id, run_id=run_id,
+    )
