@@ -1,6 +1,6 @@
 """Developer commands behind the Makefile: `summary`, `ui`, `serve`.
 
-Run as ``python -m mlplatform.cli <command>`` with the Makefile's environment (embedded defaults).
+Run as ``python -m devtools.cli <command>`` with the Makefile's environment (embedded defaults).
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from mlplatform.settings import load_settings, local_home
+from mlcontract import layout, storage
+from mlcontract.names import CHALLENGER, CHAMPION
+from mlcontract.registry import model_uri
+from mlcontract.rules import PROMOTE
+from mlplatform.deployment import read_deployment
+from mlplatform.settings import load_settings
 
 DAG_ID = "ml_model_training"
 
@@ -39,19 +44,15 @@ SUMMARY_METRICS = ("test_auc", "test_pr_auc", "test_log_loss", "test_brier", "va
 
 
 def summary(_: argparse.Namespace) -> int:
-    from features import io
-
-    from mlplatform.report import latest_summary_uri
-
     settings = load_settings()
-    uri = latest_summary_uri(settings.artifact_root, DAG_ID)
-    if not io.exists(uri):
+    uri = layout.latest_summary_uri(settings.artifact_root, DAG_ID)
+    if not storage.exists(uri):
         print(f"no finished training run yet ({uri} is missing): run `make run`")
         return 1
-    run = io.read_json(uri)
+    run = storage.read_json(uri)
     decision, model, best = run["decision"], run["model"], run["best_trial"]
     metrics = model.get("metrics") or {}
-    oracle = oracle_auc(os.environ.get("WAREHOUSE_URI", f"sqlite:///{local_home() / 'warehouse.db'}"))
+    oracle = oracle_auc(os.environ.get("WAREHOUSE_URI", f"sqlite:///{settings.home / 'warehouse.db'}"))
     test_auc = metrics.get("test_auc")
     lines = [
         f"run            {run['dag_id']} / {run['run_id']}",
@@ -69,7 +70,7 @@ def summary(_: argparse.Namespace) -> int:
             f"vs oracle      test AUC {test_auc:.4f} / generator's oracle AUC {oracle:.4f} = {test_auc / oracle:.3f}"
         )
     lines += [
-        f"decision       {'PROMOTED' if decision['promote'] else 'rejected'}: {decision['reason']}",
+        f"decision       {'PROMOTED' if decision['action'] == PROMOTE else 'rejected'}: {decision['reason']}",
         f"model          {model['uri']}  (champion is now version {run['champion_version']})",
         "look next      make ui (Airflow http://localhost:8080, MLflow http://localhost:5000), make serve,",
         f"               artifacts {run['artifacts']}",
@@ -137,35 +138,31 @@ def ui(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """MLflow model server for the deployed champion, plus one for the challenger during an A/B test."""
-    from mlplatform.deployment import read_deployment
-
     settings = load_settings()
-    try:
-        record = read_deployment(settings.artifact_root, settings.registered_model_name)
-    except FileNotFoundError:
+    record = read_deployment(settings.artifact_root, settings.registered_model_name)
+    if record is None:
         print("nothing deployed yet: run `make run` first")
         return 1
-    servers = {"champion": (record["model_uri"], args.port)}
-    if record.get("mode") == "ab_test":
-        challenger_uri = f"models:/{record['model_name']}/{record['challenger_version']}"
-        servers["challenger"] = (challenger_uri, args.port + 1)
+    servers = {CHAMPION: (record.model_uri, args.port)}
+    if record.ab_test:
+        servers[CHALLENGER] = (model_uri(record.model_name, record.challenger_version), args.port + 1)
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
     _interrupt_on_sigterm()
     processes = []
-    for alias, (model_uri, port) in servers.items():
-        print(f"serving {model_uri} ({alias}) on http://127.0.0.1:{port}/invocations", flush=True)
-        command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
+    for alias, (served_uri, port) in servers.items():
+        print(f"serving {served_uri} ({alias}) on http://127.0.0.1:{port}/invocations", flush=True)
+        command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", served_uri,
                    "--port", str(port), "--host", "127.0.0.1", "--env-manager", "local"]
         processes.append(subprocess.Popen(command, env=env, start_new_session=True))
-    if record.get("mode") == "ab_test":
-        print(f"A/B test: the challenger takes {record['challenger_share']:.0%} of the traffic "
+    if record.ab_test:
+        print(f"A/B test: the challenger takes {record.challenger_share:.0%} of the traffic "
               "(batch prediction routes entities by a stable hash)", flush=True)
     _supervise(processes)
     return max((process.returncode or 0) for process in processes)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlplatform.cli", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.cli", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("summary", help="print the latest training run's summary").set_defaults(func=summary)
     ui_parser = commands.add_parser("ui", help="Airflow standalone + MLflow UI")

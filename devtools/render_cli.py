@@ -11,9 +11,9 @@ import yaml
 
 def main(argv: list[str] | None = None) -> int:
     from airflow.dag_processing.dagbag import DagBag
-
-    from mlplatform.render import pod_to_dict, render_pods
     from mlplatform.settings import REPO_ROOT
+
+    from devtools.render import pod_to_dict, render_pods
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(REPO_ROOT / "build" / "render" / "pods"))

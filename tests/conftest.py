@@ -9,11 +9,15 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 
 import pytest
+from support import BIN, REPO_ROOT, airflow_env, free_port, wait_for_http
 
-from support import BIN, airflow_env, free_port, wait_for_http
+# The dev tools (devtools/, not shipped in the Airflow image) import from the repository root.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
 
 # `make test` exports the demo's embedded settings (.local/ warehouse, MLflow store, artifact root...). Tests
 # build their own platforms: start from none of those, so `make test` and a bare `pytest` behave the same.

@@ -41,6 +41,6 @@ def airflow_env(home: Path) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         # A failing step should fail the test run now, not after retry delays.
         "TASK_RETRIES": "0",
-        "PYTHONPATH": str(REPO_ROOT / "dags"),
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "dags"), str(REPO_ROOT)]),
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
     }
