@@ -4,12 +4,10 @@ a broken scoring run fails at the output gate without touching the published row
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
 import pytest
-
 from e2e_helpers import make_platform, run_dag
 
 pytestmark = pytest.mark.e2e
@@ -50,8 +48,10 @@ def table_rows(env) -> list[tuple]:
 
 
 def published(env) -> dict:
-    root = Path(env["MLPLATFORM_HOME"]) / "artifacts" / "predictions" / MODEL_NAME / SCORE_DATE
-    return json.loads((root / "manifest.json").read_text())
+    from mlcontract import layout
+    from mlcontract.manifests import PredictionsManifest
+
+    return PredictionsManifest.read(layout.predictions_dir(env["ARTIFACT_ROOT"], MODEL_NAME, SCORE_DATE)).model_dump()
 
 
 @pytest.fixture(scope="module")

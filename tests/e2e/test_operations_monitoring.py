@@ -55,8 +55,11 @@ def score_and_monitor(env, score_date: str) -> tuple[dict, str]:
     state, log = run_dag(env, DAG_ID, {**MONITOR_CONF, "score_date": score_date})
     assert state == "success", log[-6000:]
     run_id = latest_run_id(env)
-    report = json.loads((artifacts(env) / "runs" / DAG_ID / run_id / "monitor" / "manifest.json").read_text())
-    return report, run_id
+    from mlcontract import layout
+    from mlcontract.manifests import MonitorManifest
+
+    report = MonitorManifest.read(layout.step_dir(env["ARTIFACT_ROOT"], DAG_ID, run_id, "monitor"))
+    return report.model_dump(mode="json"), run_id
 
 
 def latest_run_id(env) -> str:
@@ -118,7 +121,7 @@ def test_degraded_champion_is_rolled_back_to_the_previous_one(platform):
     assert realised["champion"]["version"] == weak and realised["previous"]["version"] == good
     assert realised["previous"]["rows"] == realised["champion"]["rows"] > 1000
     assert realised["previous"]["auc"] > realised["champion"]["auc"], realised
-    assert report["rollback_recommended"] is True, report["rollback_reason"]
+    assert report["rollback"]["action"] == "rollback", report["rollback"]["reason"]
     states = task_states(platform, run_id)
     assert states["rollback_if_degraded"] == "success" and states["decide_ab_test"] == "skipped"
 

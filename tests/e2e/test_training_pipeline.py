@@ -9,7 +9,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from e2e_helpers import make_platform, run_dag
 
 pytestmark = pytest.mark.e2e
@@ -67,7 +66,7 @@ def first_run(platform):
 
 
 def test_first_run_promotes_a_champion(platform, first_run):
-    assert first_run["decision"]["promote"] is True
+    assert first_run["decision"]["action"] == "promote"
     assert "first model" in first_run["decision"]["reason"]
     version = first_run["model"]["version"]
     assert champion_version(platform) == str(version)
@@ -109,7 +108,7 @@ def test_weaker_challenger_is_rejected_and_champion_unchanged(platform, first_ru
     state, log = run_training(platform, {"n_trials": 1, "max_boost_rounds": 2})
     assert state == "success", log[-6000:]
     summary = latest_summary(platform)
-    assert summary["decision"]["promote"] is False, summary["decision"]
+    assert summary["decision"]["action"] == "reject", summary["decision"]
     assert champion_version(platform) == champion_before
     assert summary["model"]["version"] != champion_before, "the weaker model is registered, not promoted"
     # Same warehouse, same feature code: the content-addressed snapshot is reused, not rebuilt.
@@ -138,18 +137,19 @@ def test_rerunning_the_final_fit_registers_no_duplicate(platform, first_run):
     """Clearing and rerunning a step of a finished run gives the same result and no second model version."""
     import subprocess
 
+    from mlcontract import layout
+    from mlcontract.manifests import TrainManifest
     from support import BIN
 
-    manifest_path = (Path(platform["MLPLATFORM_HOME"]) / "artifacts" / "runs" / DAG_ID / first_run["run_id"]
-                     / "train_model" / "manifest.json")
-    before = json.loads(manifest_path.read_text())
+    train_dir = layout.step_dir(platform["ARTIFACT_ROOT"], DAG_ID, first_run["run_id"], "train_model")
+    before = TrainManifest.read(train_dir)
     versions_before = versions(platform)
     result = subprocess.run(
         [str(BIN / "airflow"), "tasks", "test", DAG_ID, "train_model", first_run["run_id"]],
         env=platform, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    after = json.loads(manifest_path.read_text())
+    after = TrainManifest.read(train_dir)
     assert versions(platform) == versions_before
-    assert after["model_version"] == before["model_version"]
-    assert after["metrics"] == before["metrics"]
+    assert after.model_version == before.model_version
+    assert after.metrics == before.metrics
