@@ -1,4 +1,4 @@
-"""The same features as ``features.build.compute_features``, written the straightforward pandas way.
+"""The same features as ``features.engineering.compute_features``, written the straightforward pandas way.
 
 A baseline for the benchmark and an independent re-implementation for the equality check: for each
 snapshot date, mask the events before it, group by entity, merge onto that date's spine rows. Idiomatic
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from features.build import NEVER_DAYS, UNKNOWN_DAYS, FeatureConfig, category_features
-
-ENTITY, SNAPSHOT, EVENT_TS = "entity_id", "snapshot_ts", "event_ts"
+from features.engineering.compute import NEVER_DAYS, UNKNOWN_DAYS, FeatureConfig, category_features
+from mlcontract.names import ENTITY, EVENT_TS, SNAPSHOT
 
 
 def fit_categories(

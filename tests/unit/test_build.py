@@ -8,18 +8,19 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 import pytest
-from features import io
-from features.build import (
+from features.engineering.compute import (
     FEATURE_CODE_VERSION,
     NEVER_DAYS,
     FeatureConfig,
-    _range_max,
-    build_features,
     compute_features,
     feature_columns,
     fit_categories,
-    split_dates,
+    range_max,
 )
+from features.engineering.snapshot import build_features, split_dates
+from features.errors import BuildError
+from mlcontract import storage
+from mlcontract.manifests import BuildManifest, ExtractManifest, SnapshotManifest
 
 D = datetime
 EVENT_SCHEMA = {
@@ -226,21 +227,18 @@ def write_extract(directory, ev: pl.DataFrame, spine: pl.DataFrame, ents: pl.Dat
         ents.write_parquet(directory / "entities.parquet")
         files.append(str(directory / "entities.parquet"))
     dates = sorted({s.date().isoformat() for s in spine["snapshot_ts"].to_list()})
-    io.write_manifest(
-        str(directory),
-        {
-            "step": "extract",
-            "rows": {
-                "events": ev.height,
-                "labels": spine.height,
-                "entities": 0 if ents is None else ents.height,
-            },
-            "content_hash": io.hash_files(files),
-            "cutoff": SNAPSHOTS[-1].isoformat(),
-            "source": {"test": True},
-            "snapshots": dates,
-        },
-    )
+    outputs = {"events": str(directory / "events"), "labels": str(directory / "labels.parquet")}
+    if ents is not None:
+        outputs["entities"] = str(directory / "entities.parquet")
+    ExtractManifest(
+        outputs=outputs,
+        rows={"events": ev.height, "labels": spine.height, "entities": 0 if ents is None else ents.height},
+        parts=2,
+        content_hash=storage.hash_files(files),
+        cutoff=SNAPSHOTS[-1].isoformat(),
+        source={"test": True},
+        snapshots=dates,
+    ).write(str(directory))
     return str(directory)
 
 
@@ -281,10 +279,10 @@ def test_events_after_the_cutoff_change_nothing(tmp_path):
         str(tmp_path / "o2"),
         str(tmp_path / "s"),
     )
-    assert first["snapshot_hash"] != second["snapshot_hash"]  # different extract content
+    assert first.snapshot_hash != second.snapshot_hash  # different extract content
     for split in ("train", "valid", "test"):
-        a = pl.read_parquet(first["outputs"][split])
-        b = pl.read_parquet(second["outputs"][split])
+        a = pl.read_parquet(first.outputs[split])
+        b = pl.read_parquet(second.outputs[split])
         assert a.equals(b), split
 
 
@@ -293,29 +291,29 @@ def test_build_writes_a_time_split_snapshot_without_nulls(tmp_path):
     extract = write_extract(tmp_path / "extract", ev, spine, ents)
     manifest = build_features(extract, str(tmp_path / "out"), str(tmp_path / "snapshots"))
 
-    assert manifest["step"] == "build" and manifest["reused"] is False
-    assert manifest["snapshot_uri"] == io.join_uri(str(tmp_path / "snapshots"), manifest["snapshot_hash"])
-    assert io.read_manifest(str(tmp_path / "out")) == manifest
-    snapshot = io.read_manifest(manifest["snapshot_uri"])
-    for key in ("snapshot_hash", "feature_columns", "rows", "label_rate", "splits", "feature_config"):
-        assert snapshot[key] == manifest[key]
-    assert manifest["splits"] == {
+    assert manifest.step == "build" and manifest.reused is False
+    assert manifest.snapshot_uri == storage.join_uri(str(tmp_path / "snapshots"), manifest.snapshot_hash)
+    assert BuildManifest.read(str(tmp_path / "out")) == manifest
+    snapshot = SnapshotManifest.read(manifest.snapshot_uri)
+    for key in ("snapshot_hash", "feature_columns", "feature_bounds", "rows", "label_rate", "splits", "feature_config"):
+        assert getattr(snapshot, key) == getattr(manifest, key)
+    assert manifest.splits == {
         "train": ["2024-03-01", "2024-04-01"],
         "valid": ["2024-05-01"],
         "test": ["2024-06-01"],
     }
 
-    frames = {split: pl.read_parquet(uri) for split, uri in manifest["outputs"].items()}
+    frames = {split: pl.read_parquet(uri) for split, uri in manifest.outputs.items()}
     assert max(frames["train"]["snapshot_ts"]) < min(frames["valid"]["snapshot_ts"])
     assert max(frames["valid"]["snapshot_ts"]) < min(frames["test"]["snapshot_ts"])
     assert sum(f.height for f in frames.values()) == spine.height
     for split, frame in frames.items():
         assert frame.columns[:3] == ["entity_id", "snapshot_ts", "label"]
-        assert frame.columns[3:] == manifest["feature_columns"]
-        assert manifest["rows"][split] == frame.height
-        assert manifest["label_rate"][split] == pytest.approx(frame["label"].mean())
+        assert frame.columns[3:] == manifest.feature_columns
+        assert manifest.rows[split] == frame.height
+        assert manifest.label_rate[split] == pytest.approx(frame["label"].mean())
         assert frame.null_count().sum_horizontal().item() == 0, split
-        feats = frame.select(manifest["feature_columns"])
+        feats = frame.select(manifest.feature_columns)
         assert all(dtype.is_numeric() for dtype in feats.dtypes)
         assert not feats.select(pl.all().cast(pl.Float64).is_infinite().any()).row(0).count(True)
         # "days" features are never negative (no -1 sentinels: the features gate checks this)
@@ -334,11 +332,11 @@ def test_same_inputs_give_the_same_hash_and_bytes(tmp_path):
     second = build_features(
         write_extract(tmp_path / "b", ev, spine, ents), str(tmp_path / "o2"), str(tmp_path / "r2")
     )
-    assert first["snapshot_hash"] == second["snapshot_hash"]
+    assert first.snapshot_hash == second.snapshot_hash
     for split in ("train", "valid", "test"):
         with (
-            open(io.local_path(first["outputs"][split]), "rb") as a,
-            open(io.local_path(second["outputs"][split]), "rb") as b,
+            open(storage.local_path(first.outputs[split]), "rb") as a,
+            open(storage.local_path(second.outputs[split]), "rb") as b,
         ):
             assert a.read() == b.read(), split
 
@@ -350,8 +348,8 @@ def test_hash_depends_on_config_and_code_version(tmp_path):
     other = build_features(
         extract, str(tmp_path / "o2"), str(tmp_path / "s"), FeatureConfig(windows_days=(14, 30, 90))
     )
-    assert default["snapshot_hash"] != other["snapshot_hash"]
-    assert "events_14d" in other["feature_columns"] and "events_7d" not in other["feature_columns"]
+    assert default.snapshot_hash != other.snapshot_hash
+    assert "events_14d" in other.feature_columns and "events_7d" not in other.feature_columns
     assert FEATURE_CODE_VERSION
 
 
@@ -359,24 +357,22 @@ def test_second_build_reuses_the_snapshot(tmp_path):
     ev, spine, ents = random_data()
     extract = write_extract(tmp_path / "extract", ev, spine, ents)
     first = build_features(extract, str(tmp_path / "run1"), str(tmp_path / "snapshots"))
-    train = io.local_path(first["outputs"]["train"])
+    train = storage.local_path(first.outputs["train"])
     before = train.stat().st_mtime_ns
     second = build_features(extract, str(tmp_path / "run2"), str(tmp_path / "snapshots"))
-    assert second["reused"] is True
-    assert second["snapshot_hash"] == first["snapshot_hash"]
+    assert second.reused is True
+    assert second.snapshot_hash == first.snapshot_hash
     assert train.stat().st_mtime_ns == before
-    assert {k: v for k, v in second.items() if k not in ("reused", "seconds")} == {
-        k: v for k, v in first.items() if k not in ("reused", "seconds")
-    }
+    assert second.model_dump(exclude={"reused", "seconds"}) == first.model_dump(exclude={"reused", "seconds"})
 
 
 def test_a_snapshot_without_manifest_is_rebuilt(tmp_path):
     ev, spine, ents = random_data()
     extract = write_extract(tmp_path / "extract", ev, spine, ents)
     first = build_features(extract, str(tmp_path / "run1"), str(tmp_path / "snapshots"))
-    os.remove(io.local_path(io.join_uri(first["snapshot_uri"], "manifest.json")))  # as if the build died
+    os.remove(storage.local_path(storage.join_uri(first.snapshot_uri, "manifest.json")))  # as if the build died
     again = build_features(extract, str(tmp_path / "run2"), str(tmp_path / "snapshots"))
-    assert again["reused"] is False and again["rows"] == first["rows"]
+    assert again.reused is False and again.rows == first.rows
 
 
 def test_build_without_entities(tmp_path):
@@ -384,16 +380,16 @@ def test_build_without_entities(tmp_path):
     manifest = build_features(
         write_extract(tmp_path / "x", ev, spine, None), str(tmp_path / "o"), str(tmp_path / "s")
     )
-    assert "days_since_signup" not in manifest["feature_columns"]
-    assert "events_total" in manifest["feature_columns"]
+    assert "days_since_signup" not in manifest.feature_columns
+    assert "events_total" in manifest.feature_columns
 
 
 def test_fewer_than_three_snapshot_dates_is_a_clear_error(tmp_path):
     ev, spine, ents = random_data()
     two = spine.filter(pl.col("snapshot_ts") >= SNAPSHOTS[-2])
-    with pytest.raises(ValueError, match="at least 3"):
+    with pytest.raises(BuildError, match="at least 3"):
         build_features(write_extract(tmp_path / "x", ev, two, ents), str(tmp_path / "o"), str(tmp_path / "s"))
-    assert not io.exists(str(tmp_path / "o" / "manifest.json"))
+    assert not storage.exists(str(tmp_path / "o" / "manifest.json"))
 
 
 def test_range_max_matches_a_loop():
@@ -405,10 +401,28 @@ def test_range_max_matches_a_loop():
     expected = [
         np.nan if h <= l or np.isnan(values[l:h]).all() else np.nanmax(values[l:h]) for l, h in zip(lo, hi)
     ]
-    np.testing.assert_array_equal(_range_max(values, lo, hi), np.array(expected))
+    np.testing.assert_array_equal(range_max(values, lo, hi), np.array(expected))
 
 
 def test_split_dates():
     assert split_dates([3, 1, 2, 4, 4]) == {"train": [1, 2], "valid": [3], "test": [4]}
-    with pytest.raises(ValueError):
+    with pytest.raises(BuildError):
         split_dates([1, 2])
+
+
+def test_feature_bounds_are_declared_by_the_definitions_and_hold(tmp_path):
+    ev, spine, ents = random_data()
+    manifest = build_features(write_extract(tmp_path / "x", ev, spine, ents), str(tmp_path / "o"), str(tmp_path / "s"))
+    bounds = manifest.feature_bounds
+    assert list(bounds) == manifest.feature_columns
+    assert bounds["events_7d"] == bounds["events_total"] == bounds["channel_app_30d"] == (0.0, None)
+    assert bounds["days_since_last_event"] == bounds["days_since_signup"] == (0.0, None)
+    assert bounds["plan_pro"] == bounds["region_eu"] == (0.0, 1.0)
+    assert bounds["amount_sum_30d"] == bounds["amount_mean_30d"] == bounds["amount_max_30d"] == (None, None)
+    low, high = bounds["events_trend_30d_vs_prior_60d"]
+    assert 0.0 < low < 1e-300 and high is None
+    for uri in manifest.outputs.values():
+        frame = pl.read_parquet(uri)
+        for column, (low, high) in bounds.items():
+            assert low is None or frame[column].min() >= low, column
+            assert high is None or frame[column].max() <= high, column
