@@ -9,9 +9,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from features import io, synth
-from features.extract import extract
-from features.gates import GateFailed, validate_features, validate_raw
+from features import synth
+from features.errors import GateFailed
+from features.extract.training import extract
+from features.gates.features import validate_features
+from features.gates.raw import validate_raw
+from mlcontract.manifests import BuildManifest, ExtractManifest, GateManifest
+from mlcontract.source import TrainingSource
 
 CUTOFF = datetime(2026, 9, 1)
 
@@ -22,18 +26,16 @@ def good_extract(tmp_path_factory) -> Path:
     uri = f"sqlite:///{root / 'wh.db'}"
     synth.generate(synth.SynthConfig(customers=400), uri)
     extract(uri, str(root / "extract"), cutoff=CUTOFF)
-    from features.extract import ExtractSource
-
-    extract(uri, str(root / "with_entities"), ExtractSource(entities_table="customers"), cutoff=CUTOFF)
+    extract(uri, str(root / "with_entities"), TrainingSource(entities_table="customers"), cutoff=CUTOFF)
     return root
 
 
 def _copy(src: Path, dst: Path) -> Path:
     """A copy of an extract whose manifest points at the copy."""
     shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["outputs"] = {k: v.replace(str(src), str(dst)) for k, v in manifest["outputs"].items()}
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    manifest = ExtractManifest.read(str(dst))
+    manifest.outputs = {k: v.replace(str(src), str(dst)) for k, v in manifest.outputs.items()}
+    manifest.write(str(dst))
     return dst
 
 
@@ -48,13 +50,13 @@ def _row(i: int, value, otherwise: str) -> pl.Expr:
 
 def test_good_raw_data_passes(good_extract, tmp_path):
     manifest = validate_raw(str(good_extract / "with_entities"), str(tmp_path / "gate"))
-    assert manifest["success"] is True and manifest["failures"] == []
+    assert manifest.success is True and manifest.failures == []
     assert (
-        manifest["rows"]["events"] == io.read_manifest(str(good_extract / "with_entities"))["rows"]["events"]
+        manifest.rows["events"] == ExtractManifest.read(str(good_extract / "with_entities")).rows["events"]
     )
     results = json.loads((tmp_path / "gate" / "validation.json").read_text())
     assert set(results) == {"events", "labels", "entities"} and all(r["success"] for r in results.values())
-    assert io.read_manifest(str(tmp_path / "gate"))["results_uri"].endswith("validation.json")
+    assert GateManifest.read(str(tmp_path / "gate")).results_uri.endswith("validation.json")
 
 
 def test_corrupt_raw_data_fails_naming_expectation_and_column(good_extract, tmp_path):
@@ -68,15 +70,15 @@ def test_corrupt_raw_data_fails_naming_expectation_and_column(good_extract, tmp_
     assert "expect_column_values_to_not_be_null on entity_id" in message
     assert "expect_column_values_to_be_between on amount" in message
     assert "expect_column_values_to_be_in_set on label" in message
-    manifest = io.read_manifest(str(tmp_path / "gate"))
-    assert manifest["success"] is False
-    assert {(f["dataset"], f["expectation"], f["column"]) for f in manifest["failures"]} == {
+    manifest = GateManifest.read(str(tmp_path / "gate"))
+    assert manifest.success is False
+    assert {(f.dataset, f.expectation, f.column) for f in manifest.failures} == {
         ("events", "expect_column_values_to_not_be_null", "entity_id"),
         ("events", "expect_column_values_to_be_between", "amount"),
         ("labels", "expect_column_values_to_be_in_set", "label"),
     }
-    amount = next(f for f in manifest["failures"] if f["column"] == "amount")
-    assert amount["observed"]["unexpected_count"] == 1
+    amount = next(f for f in manifest.failures if f.column == "amount")
+    assert amount.observed["unexpected_count"] == 1
 
 
 def test_empty_labels_fail(good_extract, tmp_path):
@@ -105,6 +107,9 @@ def test_too_few_events_fails(good_extract, tmp_path):
 # --- gate 2 ------------------------------------------------------------------------------------------
 
 FEATURES = ["events_30d", "days_since_last_event", "support_share_90d", "spend_trend"]
+# what the build step declares for such columns: counts and days never negative, a share within [0, 1]
+BOUNDS = {"events_30d": (0, None), "days_since_last_event": (0, None), "support_share_90d": (0, 1),
+          "spend_trend": (None, None)}
 
 
 def _snapshot(tmp_path: Path, **overrides: pl.DataFrame) -> Path:
@@ -128,19 +133,29 @@ def _snapshot(tmp_path: Path, **overrides: pl.DataFrame) -> Path:
             ).with_columns(pl.col("label").cast(pl.Int8))
         frame.write_parquet(snapshot / f"{split}.parquet")
         rows[split] = frame.height
-    io.write_manifest(str(snapshot), {"snapshot_hash": "abc", "feature_columns": FEATURES, "rows": rows})
     build = tmp_path / "build"
-    io.write_manifest(
-        str(build), {"step": "build", "snapshot_uri": str(snapshot), "snapshot_hash": "abc", "reused": False}
-    )
+    BuildManifest(
+        outputs={split: str(snapshot / f"{split}.parquet") for split in rows},
+        snapshot_uri=str(snapshot),
+        snapshot_hash="abc",
+        reused=False,
+        extract="extract",
+        extract_content_hash="def",
+        feature_columns=FEATURES,
+        feature_bounds=BOUNDS,
+        rows=rows,
+        label_rate={},
+        splits={},
+        feature_config={},
+    ).write(str(build))
     return build
 
 
 def test_good_features_pass(tmp_path):
     manifest = validate_features(str(_snapshot(tmp_path)), str(tmp_path / "gate"))
-    assert manifest["success"] is True
-    assert manifest["rows"] == {"train": 150, "valid": 100, "test": 50}
-    assert manifest["feature_columns"] == FEATURES
+    assert manifest.success is True
+    assert manifest.rows == {"train": 150, "valid": 100, "test": 50}
+    assert manifest.feature_columns == FEATURES
 
 
 def _valid_with(**changes) -> pl.DataFrame:
@@ -184,7 +199,7 @@ def test_bad_features_fail_naming_expectation_and_column(tmp_path, changes, expe
     with pytest.raises(GateFailed) as failed:
         validate_features(str(build), str(tmp_path / "gate"))
     assert f"valid: {expected}" in str(failed.value)
-    assert io.read_manifest(str(tmp_path / "gate"))["success"] is False
+    assert GateManifest.read(str(tmp_path / "gate")).success is False
 
 
 def test_empty_split_and_missing_feature_fail(tmp_path):
@@ -220,13 +235,16 @@ def million_extract(tmp_path_factory) -> Path:
         label=(i % 4 == 0).cast(pl.Int8),
     ).write_parquet(root / "labels.parquet")
     outputs = {"events": str(root / "events"), "labels": str(root / "labels.parquet")}
-    io.write_manifest(str(root), {"step": "extract", "outputs": outputs, "cutoff": CUTOFF.isoformat()})
+    ExtractManifest(
+        outputs=outputs, rows={"events": MILLION, "labels": MILLION}, parts=1, content_hash="-",
+        cutoff=CUTOFF.isoformat(), source={}, snapshots=["2026-08-01T00:00:00", "2026-08-15T00:00:00"],
+    ).write(str(root))
     return root
 
 
 def test_million_good_rows_pass(million_extract, tmp_path):
     manifest = validate_raw(str(million_extract), str(tmp_path / "gate"))
-    assert manifest["success"] is True and manifest["rows"] == {"events": MILLION, "labels": MILLION}
+    assert manifest.success is True and manifest.rows == {"events": MILLION, "labels": MILLION}
 
 
 @pytest.mark.parametrize(
@@ -260,9 +278,9 @@ def test_one_bad_raw_row_in_a_million_fails(million_extract, tmp_path, file, cha
     with pytest.raises(GateFailed) as failed:
         validate_raw(str(bad), str(tmp_path / "gate"))
     assert f"{failure[0]}: {failure[1]} on {failure[2]}: 1 unexpected value(s)" in str(failed.value)
-    (found,) = io.read_manifest(str(tmp_path / "gate"))["failures"]
-    assert (found["dataset"], found["expectation"], found["column"]) == failure
-    assert found["observed"]["unexpected_count"] == 1 and found["observed"]["rows"] == [BAD_ROW]
+    (found,) = GateManifest.read(str(tmp_path / "gate")).failures
+    assert (found.dataset, found.expectation, found.column) == failure
+    assert found.observed["unexpected_count"] == 1 and found.observed["rows"] == [BAD_ROW]
 
 
 def test_one_duplicate_label_key_in_a_million_fails(million_extract, tmp_path):
@@ -277,9 +295,9 @@ def test_one_duplicate_label_key_in_a_million_fails(million_extract, tmp_path):
         GateFailed, match=r"labels: expect_compound_columns_to_be_unique on \['entity_id', 'snapshot_ts'\]"
     ):
         validate_raw(str(bad), str(tmp_path / "gate"))
-    (found,) = io.read_manifest(str(tmp_path / "gate"))["failures"]
-    assert found["observed"]["unexpected_count"] == 2  # both copies, as GX counts them
-    assert found["observed"]["rows"] == [BAD_ROW - 2, BAD_ROW]
+    (found,) = GateManifest.read(str(tmp_path / "gate")).failures
+    assert found.observed["unexpected_count"] == 2  # both copies, as GX counts them
+    assert found.observed["rows"] == [BAD_ROW - 2, BAD_ROW]
 
 
 @pytest.mark.parametrize(
@@ -305,7 +323,7 @@ def test_one_bad_feature_in_a_million_fails(tmp_path, value, failure):
     (tmp_path / "good").mkdir()
     (tmp_path / "bad").mkdir()
     good = _snapshot(tmp_path / "good", valid=valid)
-    assert validate_features(str(good), str(tmp_path / "good_gate"))["rows"]["valid"] == MILLION
+    assert validate_features(str(good), str(tmp_path / "good_gate")).rows["valid"] == MILLION
     build = _snapshot(
         tmp_path / "bad",
         valid=valid.with_columns(spend_trend=_row(BAD_ROW, value, "spend_trend").cast(pl.Float64)),
@@ -313,14 +331,51 @@ def test_one_bad_feature_in_a_million_fails(tmp_path, value, failure):
     with pytest.raises(GateFailed) as failed:
         validate_features(str(build), str(tmp_path / "gate"))
     assert f"valid: {failure[0]} on {failure[1]}: 1 unexpected value(s)" in str(failed.value)
-    (found,) = io.read_manifest(str(tmp_path / "gate"))["failures"]
-    assert (found["dataset"], found["expectation"], found["column"]) == ("valid", *failure)
-    assert found["observed"]["unexpected_count"] == 1 and found["observed"]["rows"] == [BAD_ROW]
+    (found,) = GateManifest.read(str(tmp_path / "gate")).failures
+    assert (found.dataset, found.expectation, found.column) == ("valid", *failure)
+    assert found.observed["unexpected_count"] == 1 and found.observed["rows"] == [BAD_ROW]
 
 
 def test_null_allowance_is_gx_mostly(tmp_path):
     one_null = _valid_with(events_30d=_row(1, None, "events_30d"))  # 1 of 100 rows
     build = _snapshot(tmp_path, valid=one_null)
-    assert validate_features(str(build), str(tmp_path / "ok"), max_null_fraction=0.01)["success"] is True
+    assert validate_features(str(build), str(tmp_path / "ok"), max_null_fraction=0.01).success is True
     with pytest.raises(GateFailed, match="valid: expect_column_values_to_not_be_null on events_30d"):
         validate_features(str(build), str(tmp_path / "strict"), max_null_fraction=0.005)
+
+
+def test_stored_results_name_the_real_expectation_column_and_count(good_extract, tmp_path):
+    bad = _copy(good_extract / "extract", tmp_path / "bad")
+    _corrupt(bad / "labels.parquet", label=_row(2, 2, "label").cast(pl.Int8))
+    with pytest.raises(GateFailed):
+        validate_raw(str(bad), str(tmp_path / "gate"))
+    results = json.loads((tmp_path / "gate" / "validation.json").read_text())
+    assert results["events"]["success"] is True and results["labels"]["success"] is False
+    events = {(r["expectation_config"]["type"], r["expectation_config"]["kwargs"].get("column")): r
+              for r in results["events"]["results"]}
+    amount = events[("expect_column_values_to_be_between", "amount")]
+    assert amount["success"] is True and amount["expectation_config"]["kwargs"]["max_value"] == 1.0e6
+    assert amount["result"]["unexpected_count"] == 0
+    labels = {r["expectation_config"]["type"]: r for r in results["labels"]["results"]}
+    label = labels["expect_column_values_to_be_in_set"]
+    assert label["success"] is False
+    assert label["expectation_config"]["kwargs"] == {"column": "label", "value_set": [0, 1]}
+    assert label["result"]["unexpected_count"] == 1 and label["result"]["partial_unexpected_list"] == [2]
+    rows = pl.read_parquet(bad / "labels.parquet").height
+    assert label["result"]["element_count"] == rows
+    assert labels["expect_table_row_count_to_be_between"]["result"]["observed_value"] == rows
+    assert results["labels"]["statistics"]["unsuccessful_expectations"] == 1
+
+
+def test_stored_null_failure_names_the_column_and_count(good_extract, tmp_path):
+    bad = _copy(good_extract / "extract", tmp_path / "bad")
+    part = bad / "events" / "part-00000.parquet"
+    _corrupt(part, entity_id=pl.when(pl.int_range(pl.len()).is_in([1, 4, 9])).then(None).otherwise(pl.col("entity_id")))
+    with pytest.raises(GateFailed, match="expect_column_values_to_not_be_null on entity_id: 3 unexpected"):
+        validate_raw(str(bad), str(tmp_path / "gate"))
+    events = json.loads((tmp_path / "gate" / "validation.json").read_text())["events"]
+    (failed,) = [r for r in events["results"] if not r["success"]]
+    assert failed["expectation_config"]["type"] == "expect_column_values_to_not_be_null"
+    assert failed["expectation_config"]["kwargs"] == {"column": "entity_id"}
+    assert failed["result"]["unexpected_count"] == 3
+    assert failed["result"]["partial_unexpected_index_list"] == [1, 4, 9]

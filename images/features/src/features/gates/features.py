@@ -1,0 +1,46 @@
+"""Gate 2, ``validate-features``: every split of the feature snapshot is non-empty, complete, labelled
+0/1, and every feature is finite and within the range the build step declared for it
+(``feature_bounds`` of the :class:`~mlcontract.manifests.BuildManifest`)."""
+
+from __future__ import annotations
+
+import time
+
+from mlcontract import storage
+from mlcontract.manifests import BuildManifest, GateManifest
+from mlcontract.names import ENTITY, LABEL, SNAPSHOT, SPLITS
+
+from features.validation import rules as r
+from features.validation.gx import prefetch_gx
+from features.validation.measure import Dataset
+from features.validation.run import run_gate
+
+
+def validate_features(features_dir: str, out_dir: str, *, max_null_fraction: float = 0.0) -> GateManifest:
+    """Gate 2 on a ``build`` step's output."""
+    started = time.perf_counter()
+    prefetch_gx()
+    build = BuildManifest.read(features_dir)
+    columns = build.feature_columns
+    datasets = []
+    for split in SPLITS:
+        frame = storage.scan_parquet(storage.join_uri(build.snapshot_uri, f"{split}.parquet"))
+        schema = frame.collect_schema()
+        rules = [r.columns_present([ENTITY, SNAPSHOT, LABEL, *columns], schema), r.row_count(1)]
+        rules += [r.not_null(c, schema[c]) for c in (ENTITY, LABEL) if c in schema]
+        if LABEL in schema:
+            rules.append(r.in_set(LABEL, [0, 1], schema[LABEL]))
+        if split in build.rows:
+            rules.append(r.row_count(equal=build.rows[split]))
+        for column in columns:
+            if column not in schema:
+                continue  # reported by the column-set rule
+            rules.append(r.not_null(column, schema[column], mostly=1.0 - max_null_fraction))
+            if schema[column].is_numeric():
+                low, high = build.feature_bounds.get(column, (None, None))
+                rules.append(r.finite_between(column, schema[column], low, high))
+        datasets.append(Dataset(split, frame, schema, rules))
+    return run_gate(
+        "validate-features", out_dir, datasets, started,
+        input=features_dir, snapshot_uri=build.snapshot_uri, feature_columns=columns,
+    )
