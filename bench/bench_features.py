@@ -5,10 +5,10 @@
 
 1. Generates a canonical extract (``features.synth``, ~40 events per customer) once per size; reruns reuse it.
 2. Runs each measured task in a fresh child process and reads the child's own peak RSS (``os.wait4``):
-   polars ``build_features``, ``bench/pandas_reference.py``, ``features.gates.validate_raw`` and
-   ``features.gates.validate_features`` (the fastest of ``--repeat`` runs each). Times are measured inside
-   the child around the work (imports excluded; the GX import is timed on its own, and once more inside
-   a "cold" gate run that does not import GX first).
+   polars ``build_features``, ``bench/pandas_reference.py``, ``features.gates.raw.validate_raw`` and
+   ``features.gates.features.validate_features`` (the fastest of ``--repeat`` runs each). Times are
+   measured inside the child around the work (imports excluded; the GX import is timed on its own, and
+   once more inside a "cold" gate run that does not import GX first).
 3. Checks the pandas output equals the polars output (same rows, same columns, float tolerance 1e-9).
 4. Writes ``bench/results/features.json`` and ``bench/results/features.md``.
 """
@@ -37,12 +37,13 @@ TARGET_GATE_SHARE = 0.25
 def make_extract(events: int, workdir: Path) -> tuple[str, dict]:
     """A canonical extract of about ``events`` events; reused when it already exists."""
     import polars as pl
-    from features import io
     from features.synth import SynthConfig, iter_chunks
+    from mlcontract import storage
+    from mlcontract.manifests import ExtractManifest
 
     extract = workdir / f"extract-{events}"
-    if (extract / io.MANIFEST_NAME).exists():
-        return str(extract), io.read_manifest(str(extract))
+    if ExtractManifest.exists(str(extract)):
+        return str(extract), ExtractManifest.read(str(extract)).model_dump(mode="json")
 
     config = SynthConfig(customers=max(events // 40, 100), events_per_customer=40.0, seed=7)
     staging = workdir / f".extract-{events}.tmp"
@@ -71,19 +72,19 @@ def make_extract(events: int, workdir: Path) -> tuple[str, dict]:
     files = sorted(str(p) for p in (staging / "events").glob("*.parquet"))
     files += [str(staging / "labels.parquet"), str(staging / "entities.parquet")]
     label_frame = pl.concat(labels)
-    manifest = {
-        "step": "extract",
-        "outputs": {"events": str(extract / "events"), "labels": str(extract / "labels.parquet")},
-        "rows": {"events": counts, "labels": label_frame.height, "entities": config.customers},
-        "content_hash": io.hash_files(files),
-        "cutoff": config.end.isoformat(),
-        "source": {"generator": "features.synth", "config": config.to_json()},
-        "snapshots": sorted({d.isoformat() for d in label_frame["snapshot_ts"].dt.date().unique().to_list()}),
-    }
-    io.write_manifest(str(staging), manifest)
+    manifest = ExtractManifest(
+        outputs={"events": str(extract / "events"), "labels": str(extract / "labels.parquet")},
+        rows={"events": counts, "labels": label_frame.height, "entities": config.customers},
+        parts=len(files) - 2,
+        content_hash=storage.hash_files(files),
+        cutoff=config.end.isoformat(),
+        source={"generator": "features.synth", "config": config.to_json()},
+        snapshots=sorted({d.isoformat() for d in label_frame["snapshot_ts"].dt.date().unique().to_list()}),
+    )
+    manifest.write(str(staging))
     staging.rename(extract)
     print(f"generated {counts:,} events in {time.perf_counter() - started:.1f} s -> {extract}", flush=True)
-    return str(extract), manifest
+    return str(extract), manifest.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------------------------- children
@@ -92,12 +93,12 @@ def make_extract(events: int, workdir: Path) -> tuple[str, dict]:
 def child(task: str, args: list[str]) -> dict:
     """Runs inside the measured child process; returns what it timed."""
     if task == "polars":
-        from features.build import build_features
+        from features.engineering.snapshot import build_features
 
         extract, out, root = args
         started = time.perf_counter()
         manifest = build_features(extract, out, root)
-        return {"seconds": time.perf_counter() - started, "rows": sum(manifest["rows"].values())}
+        return {"seconds": time.perf_counter() - started, "rows": sum(manifest.rows.values())}
     if task == "pandas":
         sys.path.insert(0, str(BENCH))
         import pandas_reference
@@ -109,9 +110,9 @@ def child(task: str, args: list[str]) -> dict:
         return {"extract": extract, "manifest": manifest}
     if task == "equal":
         build_dir, pandas_path = args
-        from features import io
+        from mlcontract.manifests import BuildManifest
 
-        return {"equality": check_equal(io.read_manifest(build_dir), pandas_path)}
+        return {"equality": check_equal(BuildManifest.read(build_dir).outputs, pandas_path)}
     if task in ("gate_raw", "gate_features", "gate_raw_cold", "gate_features_cold"):
         return _gate(task, args)
     raise SystemExit(f"unknown task {task!r}")
@@ -127,27 +128,21 @@ def _gate(task: str, args: list[str]) -> dict:
         import great_expectations.expectations  # noqa: F401
 
         import_seconds = time.perf_counter() - started
-    from features import gates
+    from features.gates.features import validate_features
+    from features.gates.raw import validate_raw
 
     source, out = args
     started = time.perf_counter()
-    if task.startswith("gate_raw"):
-        result = gates.validate_raw(source, out)
-    else:
-        result = gates.validate_features(source, out)
+    result = (validate_raw if task.startswith("gate_raw") else validate_features)(source, out)
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
         "gx_import_seconds": import_seconds,
-        "measure_seconds": result.get("measure_seconds"),
-        "gx_validate_seconds": result.get("validate_seconds"),
-        "expectations": result.get("expectations"),
-        "success": _success(result),
+        "measure_seconds": result.measure_seconds,
+        "gx_validate_seconds": result.validate_seconds,
+        "expectations": result.expectations,
+        "success": result.success,
     }
-
-
-def _success(result) -> bool | None:
-    return result.get("success") if isinstance(result, dict) else None
 
 
 LOGS: Path | None = None  # where the children's stderr goes (set by main)
@@ -205,11 +200,12 @@ def best_of(repeat: int, run_once) -> dict:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def check_equal(polars_manifest: dict, pandas_path: str) -> str:
+def check_equal(splits: dict[str, str], pandas_path: str) -> str:
     import polars as pl
+    from mlcontract.names import SPLITS
     from polars.testing import assert_frame_equal
 
-    ours = pl.concat([pl.read_parquet(polars_manifest["outputs"][s]) for s in ("train", "valid", "test")])
+    ours = pl.concat([pl.read_parquet(splits[s]) for s in SPLITS])
     reference = pl.read_parquet(pandas_path)
     key = ["snapshot_ts", "entity_id"]
     assert_frame_equal(

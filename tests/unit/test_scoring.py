@@ -8,12 +8,25 @@ import numpy as np
 import polars as pl
 import pytest
 import sqlalchemy as sa
-from features import io, synth
-from features.build import build_features
-from features.extract import extract
-from features.gates import GateFailed
-from features.output_gate import validate_predictions
-from features.scoring import ScoringError, ScoringSource, build_scoring, extract_scoring, publish_predictions
+from features import synth
+from features.engineering.scoring import build_scoring
+from features.engineering.snapshot import build_features
+from features.errors import GateFailed, ScoringError
+from features.extract.scoring import extract_scoring
+from features.extract.training import extract
+from features.gates.predictions import validate_predictions
+from features.publish import publish_predictions
+from mlcontract import storage
+from mlcontract.manifests import (
+    BuildManifest,
+    GateManifest,
+    PredictionsManifest,
+    ScoreManifest,
+    ScoringBuildManifest,
+    ScoringExtractManifest,
+    SnapshotManifest,
+)
+from mlcontract.source import ScoringSource
 from polars.testing import assert_frame_equal
 from test_trainer import mlflow_env  # noqa: F401 - the module's MLflow registry fixture
 from trainer.score import ab_fraction, assign_arms
@@ -47,14 +60,14 @@ def test_scoring_features_equal_training_features_for_the_same_entity_and_date(
     uri, config = warehouse
     last_snapshot = config.snapshot_dates[-1]
     scoring = extract_scoring(uri, str(tmp_path / "extract"), last_snapshot)
-    built = build_scoring(str(tmp_path / "extract"), str(tmp_path / "build"), training_snapshot["snapshot_uri"])
+    built = build_scoring(str(tmp_path / "extract"), str(tmp_path / "build"), training_snapshot.snapshot_uri)
 
-    scored = pl.read_parquet(built["outputs"]["features"])
-    trained = pl.read_parquet(io.join_uri(training_snapshot["snapshot_uri"], "test.parquet")).drop("label")
-    assert built["feature_columns"] == training_snapshot["feature_columns"]
+    scored = pl.read_parquet(built.outputs["features"])
+    trained = pl.read_parquet(storage.join_uri(training_snapshot.snapshot_uri, "test.parquet")).drop("label")
+    assert built.feature_columns == training_snapshot.feature_columns
     assert scored.columns == trained.columns
     # the training labels hold the customers signed up before the snapshot: exactly the scoring spine
-    assert scoring["rows"]["spine"] == trained.height
+    assert scoring.rows["spine"] == trained.height
     assert_frame_equal(scored.sort("entity_id"), trained.sort("entity_id"))
 
 
@@ -77,21 +90,21 @@ def test_spine_has_entities_with_events_and_signed_up_ones_before_the_date(tmp_p
                            signup_column="joined")
     manifest = extract_scoring(uri, str(tmp_path / "out"), date(2026, 2, 1), source)
 
-    spine = pl.read_parquet(manifest["outputs"]["spine"])
+    spine = pl.read_parquet(manifest.outputs["spine"])
     # 'a' (both), 'quiet' (signed up, no events), 'x' (events only); not 'new' (signs up on the date),
     # not 'late' (first event after the date)
     assert spine["entity_id"].to_list() == ["a", "quiet", "x"]
     assert spine["snapshot_ts"].unique().to_list() == [datetime(2026, 2, 1)]
     events = pl.read_parquet(str(tmp_path / "out" / "events" / "*.parquet"))
     assert events["event_ts"].max() < datetime(2026, 2, 1), "events strictly before the scoring date"
-    assert manifest["rows"] == {"events": 2, "entities": 3, "spine": 3}
+    assert manifest.rows == {"events": 2, "entities": 3, "spine": 3}
 
 
 def test_a_model_column_the_scoring_data_cannot_produce_is_an_error(warehouse, training_snapshot, tmp_path):
     uri, config = warehouse
-    snapshot = io.read_manifest(training_snapshot["snapshot_uri"])
+    snapshot = SnapshotManifest.read(training_snapshot.snapshot_uri)
     reference = tmp_path / "reference"
-    io.write_manifest(str(reference), {**snapshot, "feature_columns": [*snapshot["feature_columns"], "plan_gold"]})
+    snapshot.model_copy(update={"feature_columns": [*snapshot.feature_columns, "plan_gold"]}).write(str(reference))
     extract_scoring(uri, str(tmp_path / "extract"), config.snapshot_dates[-1])
     with pytest.raises(ScoringError, match="plan_gold"):
         build_scoring(str(tmp_path / "extract"), str(tmp_path / "build"), str(reference))
@@ -119,12 +132,26 @@ def test_ab_assignment_is_stable_and_close_to_the_share():
 # -------------------------------------------------------------------------------------------- output gate
 
 
-def write_step(directory, name: str, frame: pl.DataFrame, **manifest) -> str:
-    uri = io.join_uri(str(directory), name)
+def write_step(directory, name: str, frame: pl.DataFrame) -> str:
+    """A score step's predictions, or an extract-scoring step's spine, with that step's manifest."""
+    uri = storage.join_uri(str(directory), name)
     (directory).mkdir(parents=True, exist_ok=True)
     frame.write_parquet(uri)
-    io.write_manifest(str(directory), {"outputs": {name.removesuffix(".parquet"): uri}, **manifest})
+    if name == "spine.parquet":
+        ScoringExtractManifest(
+            outputs={"spine": uri}, rows={"spine": frame.height}, parts=0, content_hash="-",
+            as_of="2026-09-01T00:00:00", score_date="2026-09-01", source={}, snapshots=["2026-09-01T00:00:00"],
+        ).write(str(directory))
+    else:
+        score_manifest({"predictions": uri}, frame.height).write(str(directory))
     return str(directory)
+
+
+def score_manifest(outputs: dict[str, str], rows: int, score_date: str = "2026-09-01", run: str = "run-1"):
+    return ScoreManifest(
+        outputs=outputs, rows={"predictions": rows}, model_name=MODEL, alias="champion", model_version="3",
+        versions={"champion": "3"}, ab_challenger_share=0.0, score_date=score_date, dag_run_id=run,
+    )
 
 
 def predictions_frame(n: int = 200, score_date: str = "2026-09-01", run: str = "run-1") -> pl.DataFrame:
@@ -149,8 +176,8 @@ def spine_dir(tmp_path):
 def test_good_predictions_pass_the_output_gate(tmp_path, spine_dir):
     predictions = write_step(tmp_path / "score", "predictions.parquet", predictions_frame())
     manifest = validate_predictions(predictions, spine_dir, str(tmp_path / "gate"))
-    assert manifest["success"] and manifest["failures"] == []
-    assert io.exists(manifest["results_uri"])
+    assert manifest.success and manifest.failures == []
+    assert storage.exists(manifest.results_uri)
 
 
 def _with_row(frame: pl.DataFrame, row: int, **values) -> pl.DataFrame:
@@ -177,19 +204,19 @@ def test_bad_predictions_fail_the_output_gate_naming_the_expectation(tmp_path, s
     predictions = write_step(tmp_path / "score", "predictions.parquet", corrupt(predictions_frame()))
     with pytest.raises(GateFailed) as failed:
         validate_predictions(predictions, spine_dir, str(tmp_path / "gate"))
-    found = {(f["expectation"], f["column"]) for f in failed.value.failures}
+    found = {(f.expectation, f.column) for f in failed.value.failures}
     assert expected in found, found
     assert expected[0] in str(failed.value)
-    assert io.read_manifest(str(tmp_path / "gate"))["success"] is False
+    assert GateManifest.read(str(tmp_path / "gate")).success is False
 
 
 def test_missing_entity_is_named_on_the_spine_side(tmp_path, spine_dir):
     predictions = write_step(tmp_path / "score", "predictions.parquet", predictions_frame().slice(1))
     with pytest.raises(GateFailed) as failed:
         validate_predictions(predictions, spine_dir, str(tmp_path / "gate"))
-    spine_failure = next(f for f in failed.value.failures if f["dataset"] == "spine")
-    assert spine_failure["expectation"] == "expect_column_values_to_be_in_set"
-    assert "C00000" in spine_failure["observed"]["examples"]
+    spine_failure = next(f for f in failed.value.failures if f.dataset == "spine")
+    assert spine_failure.expectation == "expect_column_values_to_be_in_set"
+    assert "C00000" in spine_failure.observed["examples"]
 
 
 # ----------------------------------------------------------------------------------------------- publishing
@@ -200,11 +227,10 @@ def scored_step(directory, frame: pl.DataFrame) -> str:
     predictions, features = str(directory / "predictions.parquet"), str(directory / "features.parquet")
     frame.write_parquet(predictions)
     frame.select("entity_id", f1=pl.col("score") * 2).write_parquet(features)
-    io.write_manifest(str(directory), {
-        "step": "score", "outputs": {"predictions": predictions, "features": features},
-        "model_name": MODEL, "model_version": "3", "alias": "champion",
-        "score_date": frame["score_date"][0].isoformat(), "dag_run_id": frame["dag_run_id"][0],
-    })
+    outputs = {"predictions": predictions, "features": features}
+    score_manifest(outputs, frame.height, frame["score_date"][0].isoformat(), frame["dag_run_id"][0]).write(
+        str(directory)
+    )
     return str(directory)
 
 
@@ -225,17 +251,17 @@ def _publish_twice(tmp_path, warehouse_uri: str) -> None:
     first = publish_predictions(
         scored_step(tmp_path / "day1", predictions_frame(200, run="run-1")), str(tmp_path / "pub1"), warehouse_uri, root
     )
-    assert first["rows"] == {"predictions": 200, "replaced": 0}
+    assert first.rows == {"predictions": 200, "replaced": 0}
     second = publish_predictions(
         scored_step(tmp_path / "day1b", predictions_frame(200, run="run-2")), str(tmp_path / "pub2"), warehouse_uri, root
     )
-    assert second["rows"] == {"predictions": 200, "replaced": 200}
+    assert second.rows == {"predictions": 200, "replaced": 200}
     # the rerun replaced its date (same row count, its own run id), the other date is untouched
     assert count_rows(warehouse_uri) == {("2026-08-31", "run-0"): 50, ("2026-09-01", "run-2"): 200}
     published = tmp_path / "artifacts" / "predictions" / MODEL / "2026-09-01"
     assert pl.read_parquet(published / "predictions.parquet")["dag_run_id"].unique().to_list() == ["run-2"]
     assert (published / "features.parquet").exists()
-    assert io.read_manifest(str(published))["model_version"] == "3"
+    assert PredictionsManifest.read(str(published)).model_version == "3"
 
 
 def test_publish_is_idempotent_per_date_on_sqlite(tmp_path):
@@ -257,7 +283,7 @@ def test_publish_refuses_an_unsafe_table_name(tmp_path):
 # ------------------------------------------------------------------------- score: champion and the A/B arm
 
 
-def test_score_pins_the_champion_version_and_splits_the_ab_arm(tmp_path, mlflow_env):  # noqa: F811
+def test_score_pins_the_champion_version_and_splits_the_ab_arm(tmp_path, mlflow_env, capsys):  # noqa: F811
     from mlflow import MlflowClient
     from test_trainer import make_snapshot, train
     from trainer.cli import main
@@ -266,23 +292,27 @@ def test_score_pins_the_champion_version_and_splits_the_ab_arm(tmp_path, mlflow_
     champion = train(build_dir, tmp_path / "t1", "churn-score", "run-s1", mlflow_env, seed=1)
     challenger = train(build_dir, tmp_path / "t2", "churn-score", "run-s2", mlflow_env, seed=2)
     MlflowClient().set_registered_model_alias("churn-score", "champion", champion["model_version"])
-    snapshot_uri = io.read_manifest(build_dir)["snapshot_uri"]
-    test_split = pl.read_parquet(io.local_path(io.join_uri(snapshot_uri, "test.parquet"))).drop("label")
+    snapshot_uri = BuildManifest.read(build_dir).snapshot_uri
+    test_split = pl.read_parquet(storage.local_path(storage.join_uri(snapshot_uri, "test.parquet"))).drop("label")
     features_dir = tmp_path / "build_scoring"
     features_dir.mkdir()
     test_split.write_parquet(features_dir / "features.parquet")
-    io.write_manifest(str(features_dir), {"step": "build-scoring", "score_date": "2026-09-01",
-                                          "outputs": {"features": str(features_dir / "features.parquet")}})
+    ScoringBuildManifest(
+        outputs={"features": str(features_dir / "features.parquet")}, rows={"features": test_split.height},
+        feature_columns=[c for c in test_split.columns if c not in ("entity_id", "snapshot_ts")],
+        reference_snapshot_uri=snapshot_uri, feature_config_hash="-", extract="-", extract_content_hash="-",
+        as_of="2026-09-01T00:00:00", score_date="2026-09-01", content_hash="-",
+    ).write(str(features_dir))
     mlflow_env.setenv("PIPELINE_RUN_ID", "scheduled__2026-09-01")
 
-    def score(out: str, *extra: str) -> dict:
+    def score(out: str, *extra: str, exit_code: int = 0) -> ScoreManifest | None:
         assert main(["score", "--features", str(features_dir), "--model-name", "churn-score", "--out",
-                     str(tmp_path / out), *extra]) == 0
-        return io.read_manifest(str(tmp_path / out))
+                     str(tmp_path / out), *extra]) == exit_code
+        return ScoreManifest.read(str(tmp_path / out)) if exit_code == 0 else None
 
     manifest = score("ab", "--expect-version", champion["model_version"], "--ab-challenger-share", "0.3",
                      "--challenger-version", challenger["model_version"])
-    predictions = pl.read_parquet(manifest["outputs"]["predictions"])
+    predictions = pl.read_parquet(manifest.outputs["predictions"])
     assert predictions.columns == ["entity_id", "score_date", "score", "model_name", "model_version", "alias",
                                    "dag_run_id"]
     assert predictions["score"].dtype == pl.Float64 and predictions.height == test_split.height
@@ -291,15 +321,17 @@ def test_score_pins_the_champion_version_and_splits_the_ab_arm(tmp_path, mlflow_
     assert abs(arms.mean() - 0.3) < 0.1
     versions = dict(predictions.select("alias", "model_version").unique().iter_rows())
     assert versions == {"champion": champion["model_version"], "challenger": challenger["model_version"]}
-    assert manifest["model_version"] == champion["model_version"]
+    assert manifest.model_version == champion["model_version"]
     assert predictions["dag_run_id"].unique().to_list() == ["scheduled__2026-09-01"]
 
-    only_champion = pl.read_parquet(score("full")["outputs"]["predictions"])
+    only_champion = pl.read_parquet(score("full").outputs["predictions"])
     assert only_champion["alias"].unique().to_list() == ["champion"]
     champion_rows = ~pl.Series(arms)
     assert only_champion.filter(champion_rows)["score"].to_list() == predictions.filter(champion_rows)["score"].to_list()
 
-    with pytest.raises(SystemExit, match="alias moved"):
-        score("moved", "--expect-version", challenger["model_version"])
-    with pytest.raises(SystemExit, match="no @champion"):
-        main(["score", "--features", str(features_dir), "--model-name", "no-such-model", "--out", str(tmp_path / "x")])
+    capsys.readouterr()
+    score("moved", "--expect-version", challenger["model_version"], exit_code=1)
+    assert "alias moved" in capsys.readouterr().err
+    assert main(["score", "--features", str(features_dir), "--model-name", "no-such-model", "--out",
+                 str(tmp_path / "x")]) == 1
+    assert "no @champion" in capsys.readouterr().err

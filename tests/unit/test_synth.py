@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 from features import synth
+from features.errors import SeedError
 
 SMALL = {"customers": 3_000, "events_per_customer": 30.0}
 
@@ -119,7 +120,7 @@ def test_generate_writes_tables_and_replaces_on_rerun(tmp_path):
 
 
 def test_bad_config_is_rejected():
-    with pytest.raises(ValueError, match="drift"):
+    with pytest.raises(SeedError, match="drift"):
         synth.SynthConfig(drift=2.0)
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(SeedError, match="too short"):
         synth.SynthConfig(days=60)

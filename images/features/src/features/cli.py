@@ -76,7 +76,7 @@ def cmd_validate_raw(args: argparse.Namespace, env: StepEnvironment) -> Manifest
 
 
 def cmd_build(args: argparse.Namespace, env: StepEnvironment) -> Manifest:
-    from features.build.snapshot import build_features
+    from features.engineering.snapshot import build_features
 
     return build_features(args.extract, env.output(args.out), args.snapshot_root)
 
@@ -106,7 +106,7 @@ def cmd_extract_scoring(args: argparse.Namespace, env: StepEnvironment) -> Manif
 
 
 def cmd_build_scoring(args: argparse.Namespace, env: StepEnvironment) -> Manifest:
-    from features.build.scoring import build_scoring
+    from features.engineering.scoring import build_scoring
 
     return build_scoring(args.extract, env.output(args.out), args.reference_snapshot)
 
