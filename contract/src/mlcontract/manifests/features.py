@@ -85,7 +85,9 @@ class SnapshotManifest(Manifest):
     """The content-addressed feature snapshot's own manifest (``{root}/features/{hash}/manifest.json``).
 
     ``feature_bounds`` declares, per feature column, the range its definition guarantees (a count is never
-    negative, a share lies in [0, 1]); the features gate checks exactly these.
+    negative, a one-hot lies in [0, 1], a strict lower bound is the next float up); the features gate checks
+    exactly these. ``feature_config`` holds the feature config alone, ``categories`` the vocabulary fitted
+    on the training events: together they are what scoring needs to produce the same columns.
     """
 
     step: Literal["snapshot"] = "snapshot"
@@ -102,7 +104,7 @@ class SnapshotManifest(Manifest):
 
 
 class BuildManifest(Manifest):
-    """``build``: where the snapshot is (reused or built), and what it holds."""
+    """``build``: where the snapshot is (reused or built), and what it holds (copied from its manifest)."""
 
     step: Literal["build"] = "build"
     snapshot_uri: str

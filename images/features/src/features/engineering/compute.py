@@ -393,9 +393,9 @@ def feature_definitions(
         add(f"events_trend_{recent}d_vs_prior_{base - recent}d", trend, POSITIVE)
 
     for col, dtype in (entity_schema or {}).items():
-        value_of = pl.col(_attribute(col))
         if col == ENTITY:
             continue
+        value_of = pl.col(_attribute(col))
         if dtype.is_temporal():
             days = _days(snapshot - value_of.cast(pl.Datetime("us"))).fill_null(UNKNOWN_DAYS)
             add(f"days_since_{col.removesuffix('_ts')}", days, COUNT)

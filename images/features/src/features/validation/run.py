@@ -37,7 +37,7 @@ def run_gate(gate: str, out_dir: str, datasets: list[Dataset], started: float, *
         results_uri=results_uri,
         success=not failures,
         failures=failures,
-        rows={d.name: len_of(m) for d, m in zip(datasets, metrics, strict=True)},
+        rows={d.name: rows_measured(m) for d, m in zip(datasets, metrics, strict=True)},
         expectations=sum(len(d.rules) for d in datasets),
         seconds=round(time.perf_counter() - started, 3),
         validate_seconds=round(time.perf_counter() - validate_started, 3),
@@ -53,6 +53,6 @@ def run_gate(gate: str, out_dir: str, datasets: list[Dataset], started: float, *
     return manifest
 
 
-def len_of(metrics: list[dict[str, Any]]) -> int:
+def rows_measured(metrics: list[dict[str, Any]]) -> int:
     """The rows of a dataset, as measured with its rules."""
     return int(metrics[0]["element_count"]) if metrics else 0
