@@ -18,29 +18,29 @@ class SeedManifest(Manifest):
     report: dict[str, Any]
 
 
-class ExtractManifest(Manifest):
+class ExtractedData(Manifest):
+    """What both extracts write: streamed event parts, their content hash and the source they came from."""
+
+    rows: dict[str, int]
+    parts: int
+    content_hash: str
+    source: dict[str, Any]
+    snapshots: list[str]
+
+
+class ExtractManifest(ExtractedData):
     """``extract``: ``events/part-*.parquet``, ``labels.parquet`` and optionally ``entities.parquet``."""
 
     step: Literal["extract"] = "extract"
-    rows: dict[str, int]
-    parts: int
-    content_hash: str
     cutoff: str | None = None
-    source: dict[str, Any]
-    snapshots: list[str]
 
 
-class ScoringExtractManifest(Manifest):
+class ScoringExtractManifest(ExtractedData):
     """``extract-scoring``: ``events/``, ``spine.parquet`` (entity_id, snapshot_ts = as_of), entities."""
 
     step: Literal["extract-scoring"] = "extract-scoring"
-    rows: dict[str, int]
-    parts: int
-    content_hash: str
     as_of: str
     score_date: str
-    source: dict[str, Any]
-    snapshots: list[str]
 
 
 class LabelsManifest(Manifest):
@@ -81,7 +81,20 @@ class GateManifest(Manifest):
     spine: str | None = None
 
 
-class SnapshotManifest(Manifest):
+class SnapshotContents(Manifest):
+    """What a feature snapshot holds: the feature columns with their declared bounds, the splits and their
+    sizes, and the config that produced them. The snapshot's own manifest and the build step's carry it."""
+
+    snapshot_hash: str
+    feature_columns: list[str]
+    feature_bounds: dict[str, Bounds] = {}
+    rows: dict[str, int]
+    label_rate: dict[str, float]
+    splits: dict[str, list[str]]
+    feature_config: dict[str, Any]
+
+
+class SnapshotManifest(SnapshotContents):
     """The content-addressed feature snapshot's own manifest (``{root}/features/{hash}/manifest.json``).
 
     ``feature_bounds`` declares, per feature column, the range its definition guarantees (a count is never
@@ -91,34 +104,20 @@ class SnapshotManifest(Manifest):
     """
 
     step: Literal["snapshot"] = "snapshot"
-    snapshot_hash: str
-    feature_columns: list[str]
-    feature_bounds: dict[str, Bounds] = {}
-    rows: dict[str, int]
-    label_rate: dict[str, float]
-    splits: dict[str, list[str]]
-    feature_config: dict[str, Any]
     categories: dict[str, list[str]]
     code_version: str
     build_seconds: float | None = None
 
 
-class BuildManifest(Manifest):
+class BuildManifest(SnapshotContents):
     """``build``: where the snapshot is (reused or built), and what it holds (copied from its manifest)."""
 
     step: Literal["build"] = "build"
     snapshot_uri: str
-    snapshot_hash: str
     reused: bool
     extract: str
     extract_content_hash: str
     source: dict[str, Any] | None = None
-    feature_columns: list[str]
-    feature_bounds: dict[str, Bounds] = {}
-    rows: dict[str, int]
-    label_rate: dict[str, float]
-    splits: dict[str, list[str]]
-    feature_config: dict[str, Any]
 
 
 class ScoringBuildManifest(Manifest):
