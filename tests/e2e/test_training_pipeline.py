@@ -53,7 +53,7 @@ def latest_summary(env) -> dict:
 
 
 def oracle_auc(env) -> float:
-    from mlplatform.cli import oracle_auc as generator_oracle_auc
+    from devtools.cli import oracle_auc as generator_oracle_auc
 
     return generator_oracle_auc(env["WAREHOUSE_URI"])
 
