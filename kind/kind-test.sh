@@ -101,7 +101,7 @@ create_cluster() {
 AIRFLOW_IMAGE_ARGS=()
 
 build_and_load_images() {
-  local images=(features trainer)
+  local images=(features trainer mlflow)
   # The Airflow side imports the DAG support package's dependencies (mlflow client, the
   # `features` package for manifests): when the repository has an Airflow image, use it.
   if [[ -f "${REPO_ROOT}/images/airflow/Dockerfile" ]]; then

@@ -15,10 +15,6 @@ import tempfile
 import pytest
 from support import BIN, REPO_ROOT, airflow_env, free_port, wait_for_http
 
-# The dev tools (devtools/, not shipped in the Airflow image) import from the repository root.
-if str(REPO_ROOT) not in sys.path:
-    sys.path.append(str(REPO_ROOT))
-
 # `make test` exports the demo's embedded settings (.local/ warehouse, MLflow store, artifact root...). Tests
 # build their own platforms: start from none of those, so `make test` and a bare `pytest` behave the same.
 PLATFORM_ENV = ("MLPLATFORM_HOME", "PIPELINE_RUNTIME", "ARTIFACT_ROOT", "WAREHOUSE_URI", "MLFLOW_TRACKING_URI",

@@ -275,13 +275,15 @@ def test_check_values_fails_on_bad_digest_even_past_the_schema(chart):
 
 def test_digest_overrides_tag(render):
     objects = render(
-        {"images": {"features": {"tag": "1.2.3", "digest": DIGEST}, "trainer": {"tag": "1.2.3"}}}
+        {"images": {"features": {"tag": "1.2.3", "digest": DIGEST}, "trainer": {"tag": "1.2.3"}},
+         "mlflow": {"image": {"tag": "1.2.3", "digest": DIGEST}}}
     )
     data = pipeline_settings(objects)
     assert data["FEATURES_IMAGE"] == f"ghcr.io/your-org/mlplatform-features@{DIGEST}"
     assert data["TRAINER_IMAGE"] == "ghcr.io/your-org/mlplatform-trainer:1.2.3"
+    # the tracking server runs its own image (it holds the PostgreSQL driver the trainer image does not)
     mlflow = one(objects, "Deployment", f"{RELEASE}-mlflow")
-    assert pod_spec(mlflow)["containers"][0]["image"] == "ghcr.io/your-org/mlplatform-trainer:1.2.3"
+    assert pod_spec(mlflow)["containers"][0]["image"] == f"ghcr.io/your-org/mlplatform-mlflow@{DIGEST}"
 
 
 def test_tag_defaults_to_app_version(chart, default_objects):

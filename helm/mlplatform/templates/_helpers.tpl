@@ -33,14 +33,9 @@ appVersion (the project version). Call with (dict "image" .Values.images.feature
 {{- end -}}
 {{- end -}}
 
-{{/* The MLflow server runs the trainer image unless mlflow.image.repository is set:
-     same MLflow version on the client and the server. */}}
+{{/* The MLflow tracking server's own image (images/mlflow): the GPU trainer image has no database driver. */}}
 {{- define "mlplatform.mlflowImage" -}}
-{{- if .Values.mlflow.image.repository -}}
 {{- include "mlplatform.image" (dict "image" .Values.mlflow.image "root" .) -}}
-{{- else -}}
-{{- include "mlplatform.image" (dict "image" .Values.images.trainer "root" .) -}}
-{{- end -}}
 {{- end -}}
 
 {{/* The Airflow image (for our pools hook Job), from the values the official chart reads. */}}

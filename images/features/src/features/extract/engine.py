@@ -18,7 +18,6 @@ from datetime import datetime
 import polars as pl
 from mlcontract import storage
 from mlcontract.names import ENTITIES_FILE, ENTITY, EVENT_TS, EVENTS_DIR, PART_PREFIX
-from mlcontract.source import mask_uri
 
 from features.errors import ExtractError
 from features.extract.warehouse import DEFAULT_BATCH_ROWS, Canonicaliser, Warehouse, require_columns
@@ -52,7 +51,9 @@ class ExtractEngine:
         self.key, self.ts = entity_key, timestamp_column
         self.batch_rows = batch_rows
         self.options = {entity_key: "--entity-key", timestamp_column: "--timestamp-column"}
-        log.info("reading the warehouse %s", mask_uri(warehouse_uri))
+        # the backend and database name say which warehouse without its address or credentials
+        url = self.warehouse.engine.url
+        log.info("reading the %s warehouse, database %r", url.get_backend_name(), url.database)
 
     def __enter__(self) -> ExtractEngine:
         return self
