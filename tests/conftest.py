@@ -9,11 +9,10 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 
 import pytest
-from support import BIN, REPO_ROOT, airflow_env, free_port, wait_for_http
+from support import BIN, airflow_env, free_port, wait_for_http
 
 # `make test` exports the demo's embedded settings (.local/ warehouse, MLflow store, artifact root...). Tests
 # build their own platforms: start from none of those, so `make test` and a bare `pytest` behave the same.

@@ -14,7 +14,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
-from typing import Any
 
 from mlcontract.errors import PipelineError
 from mlcontract.manifests import Manifest
