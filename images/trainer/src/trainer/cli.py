@@ -1,4 +1,4 @@
-"""`python -m trainer <command>`: trial, train, evaluate, score, monitor. Thin argparse over the step functions.
+"""``python -m trainer <command>``: the trainer image's steps (see docs/steps.md).
 
 Each handler calls one step function and returns its manifest; :func:`mlcontract.cli.run` reports a
 pipeline error as one line and exit code 1. Secrets (the MLflow URI, object-store credentials) come only
@@ -153,7 +153,7 @@ def _fitting(sub: argparse.ArgumentParser, env: StepEnvironment, params_required
 
 
 def build_commands(env: StepEnvironment) -> Commands:
-    commands = Commands("trainer", __doc__)
+    commands = Commands("trainer", __doc__.split("\n\n")[0])
     commands.parser.set_defaults(env=env)
 
     trial_command = commands.add("trial", trial, help="fit one hyperparameter set, score it on valid")
