@@ -29,6 +29,9 @@ GPU_POOL_SLOTS ?= 2
 AIRFLOW_PORT ?= 8080
 MLFLOW_PORT ?= 5000
 SERVE_PORT ?= 5001
+# The end-to-end tests each run whole DAGs, mostly one step process at a time: one worker per core, a test
+# module per worker (its tests share a platform). PYTEST_PARALLEL= runs them in one process.
+PYTEST_PARALLEL ?= -n auto --dist loadfile
 
 .PHONY: help venv seed airflow-db pools run summary test test-fast test-scheduler ui serve bench render images kind-test clean
 
@@ -69,10 +72,10 @@ summary: venv ## Print the summary of the latest training run
 	@$(BIN)/python -m devtools.cli summary
 
 test: venv ## Run the tests (unit, DAG, pod and chart, end to end)
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 test-fast: venv ## Run the tests without the end-to-end tier
-	$(BIN)/pytest -m "not e2e and not scheduler"
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not e2e and not scheduler"
 
 test-scheduler: venv ## The real scheduler + REST API tier: a manual run with Params, as from the UI (minutes)
 	$(BIN)/pytest -m scheduler
