@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from mlcontract.names import DEFAULT_MODEL_NAME
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -53,8 +54,8 @@ class Settings(BaseSettings):
     artifact_root: str = env("ARTIFACT_ROOT")
     mlflow_tracking_uri: str = env("MLFLOW_TRACKING_URI")
     mlflow_artifact_location: str | None = env("MLFLOW_ARTIFACT_LOCATION", None)
-    mlflow_experiment_name: str = env("MLFLOW_EXPERIMENT_NAME", "customer-churn")
-    registered_model_name: str = env("REGISTERED_MODEL_NAME", "customer-churn")
+    mlflow_experiment_name: str = env("MLFLOW_EXPERIMENT_NAME", DEFAULT_MODEL_NAME)
+    registered_model_name: str = env("REGISTERED_MODEL_NAME", DEFAULT_MODEL_NAME)
     namespace: str = env("K8S_NAMESPACE", "mlplatform")
     code_version: str = env("CODE_VERSION", "0.1.0")
     features_image: str = env("FEATURES_IMAGE")
@@ -133,8 +134,3 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     return Settings()
-
-
-def local_home() -> Path:
-    """Where the embedded defaults live (git-ignored; ``make clean`` removes it)."""
-    return load_settings().home

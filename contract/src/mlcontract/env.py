@@ -53,6 +53,3 @@ class StepEnvironment(BaseSettings):
             return f"{self.pipeline_dag_id}/{self.pipeline_run_id}"
         return None
 
-
-def step_environment() -> StepEnvironment:
-    return StepEnvironment()

@@ -39,10 +39,6 @@ def snapshot_root(root: str) -> str:
     return join_uri(root, "features")
 
 
-def snapshot_dir(root: str, snapshot_hash: str) -> str:
-    return join_uri(snapshot_root(root), snapshot_hash)
-
-
 def predictions_root(root: str) -> str:
     return join_uri(root, "predictions")
 

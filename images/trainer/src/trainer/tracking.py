@@ -18,13 +18,14 @@ from mlcontract import storage
 from mlcontract.env import StepEnvironment
 from mlcontract.errors import ManifestError
 from mlcontract.manifests import BuildManifest, ExtractManifest
+from mlcontract.names import DEFAULT_MODEL_NAME
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "customer-churn"
+DEFAULT_EXPERIMENT = DEFAULT_MODEL_NAME
 RUN_KEY_TAG = "pipeline_run_key"
 MAX_TAG_LENGTH = 5000  # below MLflow's limit on tag values
 
