@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from mlcontract.errors import PipelineError
-from mlcontract.names import AB_TEST, CHAMPION, FULL
+from mlcontract.names import AB_TEST, CHAMPION, DEFAULT_MODEL_NAME, FULL
 from mlcontract.registry import version_by_alias
 from pydantic import BaseModel, ConfigDict
 
 from mlplatform import deployment, registry
 from mlplatform.deployment import Deployment
+from mlplatform.params import SAMPLE_DATE
 from mlplatform.settings import Settings, load_settings
 
 SNAPSHOT_TAG = "snapshot_uri"  # set on every registered version by the trainer's train step
@@ -42,8 +43,8 @@ class PinnedChampion(BaseModel):
 
 
 SAMPLE_PIN = PinnedChampion(
-    model_name="customer-churn", version="7", run_id=None, snapshot_uri="<the champion's training snapshot>",
-    score_date="2026-01-04",
+    model_name=DEFAULT_MODEL_NAME, version="7", run_id=None, snapshot_uri="<the champion's training snapshot>",
+    score_date=SAMPLE_DATE,
 ).model_dump()
 
 
