@@ -37,3 +37,13 @@ DEFAULT_MODEL_NAME = "customer-churn"
 # Deployment modes of a served alias
 FULL, AB_TEST = "full", "ab_test"
 DEPLOY_MODES = (FULL, AB_TEST)
+
+# Learning tasks (the `task` Param) and how train/valid/test are split (the `split` Param)
+BINARY, MULTICLASS, REGRESSION = "binary", "multiclass", "regression"
+TASKS = (BINARY, MULTICLASS, REGRESSION)
+TIME_SPLIT, ENTITY_SPLIT, AUTO_SPLIT = "time", "entity", "auto"
+SPLIT_METHODS = (AUTO_SPLIT, TIME_SPLIT, ENTITY_SPLIT)
+MIN_TIME_SPLIT_SNAPSHOTS = 3  # auto: a time split from this many snapshot dates, else an entity split
+
+# Kinds of training source: timestamped events (features are computed), or a ready-made feature table
+EVENTS_SOURCE, FEATURE_TABLE_SOURCE = "events", "feature_table"

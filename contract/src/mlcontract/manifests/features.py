@@ -26,6 +26,11 @@ class ExtractedData(Manifest):
     content_hash: str
     source: dict[str, Any]
     snapshots: list[str]
+    # events: timestamped events (features computed from them); feature_table: a ready-made feature table,
+    # whose feature columns travel as extra columns of the spine (labels.parquet / spine.parquet)
+    kind: Literal["events", "feature_table"] = "events"
+    # canonical column -> the user's own column name, so that messages speak the user's terms
+    columns: dict[str, str] = {}
 
 
 class ExtractManifest(ExtractedData):
@@ -89,9 +94,16 @@ class SnapshotContents(Manifest):
     feature_columns: list[str]
     feature_bounds: dict[str, Bounds] = {}
     rows: dict[str, int]
-    label_rate: dict[str, float]
+    label_rate: dict[str, float]  # binary: positive rate; multiclass: share of the most frequent class; regression: 0
     splits: dict[str, list[str]]
-    feature_config: dict[str, Any]
+    feature_config: dict[str, Any]  # the feature spec (features.engineering.spec.FeatureSpec) as a dict
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    # multiclass: the class labels as the user's label column spells them; the stored label is the index
+    classes: list[str] | None = None
+    split_method: Literal["time", "entity"] = "time"
+    split_seed: int | None = None
+    # canonical column -> the user's own column name (from the extract)
+    columns: dict[str, str] = {}
 
 
 class SnapshotManifest(SnapshotContents):
