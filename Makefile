@@ -25,6 +25,7 @@ export PATH := $(BIN):$(PATH)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 SEED_ARGS ?= --customers 10000 --events-per-customer 40 --seed 42
+SHAPE ?= demo
 GPU_POOL_SLOTS ?= 2
 AIRFLOW_PORT ?= 8080
 MLFLOW_PORT ?= 5000
@@ -48,8 +49,8 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml contract/pyproject.toml images/fea
 
 venv: $(VENV)/.synced ## Create the environment from the lock file
 
-seed: venv ## Generate the demo warehouse (SEED_ARGS to change its size or drift)
-	$(BIN)/python -m features seed $(SEED_ARGS)
+seed: venv ## Generate the demo warehouse (SEED_ARGS: size or drift; SHAPE=retail|feature-table|multiclass|regression)
+	$(BIN)/python -m features seed --shape $(SHAPE) $(SEED_ARGS)
 
 $(AIRFLOW_HOME)/.migrated: $(VENV)/.synced
 	mkdir -p $(AIRFLOW_HOME)

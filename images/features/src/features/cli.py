@@ -19,12 +19,21 @@ from mlcontract.names import DEFAULT_PREDICTIONS_TABLE
 
 
 def cmd_seed(args: argparse.Namespace, env: StepEnvironment) -> SeedManifest:
-    from features import synth
+    from features import synth, synth_shapes
 
-    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(synth.SynthConfig) if hasattr(args, f.name)}
-    config = synth.SynthConfig(**settings)
-    report = synth.generate(config, env.warehouse(args.warehouse_uri))
-    print(f"oracle AUC {report.oracle_auc:.4f} (label rate {report.label_rate:.3f})")
+    given = {k: v for k, v in vars(args).items() if v is not None}  # unset options: the shape's defaults
+
+    def configure(cls):
+        return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given})
+
+    if args.shape == "demo":
+        if args.cutoffs is not None:
+            raise StepInputError("--cutoffs is for the other shapes; the demo shape takes --snapshots")
+        report = synth.generate(configure(synth.SynthConfig), env.warehouse(args.warehouse_uri))
+        print(f"oracle AUC {report.oracle_auc:.4f} (label rate {report.label_rate:.3f})")
+    else:
+        report = synth_shapes.generate(configure(synth_shapes.ShapeConfig), env.warehouse(args.warehouse_uri))
+        print(f"shape {report.shape}: tables {report.rows}; oracle on the test rows {report.oracle_test}")
     manifest = SeedManifest(report=report.to_json(), seconds=report.seconds)
     out = args.out or env.step_output_uri
     if out:  # seeding also runs outside a pipeline step, where there is nowhere to write
@@ -147,12 +156,19 @@ def commands() -> Commands:
 
     seed = add("seed", cmd_seed, "seed the synthetic warehouse (replaces its tables)")
     seed.add_argument("--warehouse-uri", help="SQLAlchemy URI (default: env WAREHOUSE_URI)")
-    seed.add_argument("--customers", type=int, default=10_000)
+    seed.add_argument(
+        "--shape",
+        choices=("demo", "retail", "feature-table", "multiclass", "regression"),
+        default="demo",
+        help="demo: customers/events/churn_labels; the others: their own tables (see features.synth_shapes)",
+    )
+    seed.add_argument("--customers", type=int, default=10_000, help="entities (customers, clients, accounts...)")
     seed.add_argument("--events-per-customer", type=float, default=40.0)
-    seed.add_argument("--days", type=int, default=240)
-    seed.add_argument("--snapshots", type=int, default=6)
-    seed.add_argument("--snapshot-interval-days", type=int, default=14)
-    seed.add_argument("--label-horizon-days", type=int, default=30)
+    seed.add_argument("--days", type=int, help="days of history (default: demo 240, other shapes 365)")
+    seed.add_argument("--snapshots", type=int, default=6, help="demo: label snapshot dates")
+    seed.add_argument("--snapshot-interval-days", type=int, default=14, help="demo: days between snapshots")
+    seed.add_argument("--cutoffs", type=int, help="other shapes: monthly label dates (default: the shape's)")
+    seed.add_argument("--label-horizon-days", type=int, help="time after the last label date (default: demo 30, others 60)")
     seed.add_argument("--drift", type=float, default=0.0, help="0..1: shift of the most recent events")
     seed.add_argument("--seed", type=int, default=42)
     seed.add_argument("--end-date", type=iso_date, default=date(2026, 10, 1))

@@ -158,7 +158,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _chunk(config: SynthConfig, index: int, first_customer: int, n: int) -> SynthChunk:
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, index]))
     horizon = config.days * DAY
-    start_us = _epoch_us(config.start)
+    start_us = epoch_us(config.start)
 
     # --- customers ---------------------------------------------------------------------------------
     plan = rng.choice(3, size=n, p=PLAN_SHARE)
@@ -288,7 +288,7 @@ def _chunk(config: SynthConfig, index: int, first_customer: int, n: int) -> Synt
         )
         idx = np.flatnonzero(eligible)
         label_customer.append(idx)
-        label_snapshot.append(np.full(idx.size, _epoch_us(snapshot), dtype=np.int64))
+        label_snapshot.append(np.full(idx.size, epoch_us(snapshot), dtype=np.int64))
         label_p.append(_sigmoid(logit[idx]))
 
     lc = np.concatenate(label_customer)
@@ -327,7 +327,7 @@ def _chunk(config: SynthConfig, index: int, first_customer: int, n: int) -> Synt
     return SynthChunk(index=index, customers=customers, events=events, labels=labels, p_true=lp)
 
 
-def _epoch_us(moment: datetime) -> int:
+def epoch_us(moment: datetime) -> int:
     return int((moment - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
 
 
@@ -378,7 +378,7 @@ _SQLITE_TS = "%Y-%m-%d %H:%M:%S%.6f"  # SQLAlchemy's own SQLite DateTime storage
 _INSERT_BATCH = 50_000
 
 
-def _insert(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame) -> None:
+def insert_frame(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame) -> None:
     dialect = conn.dialect.name
     columns = [c.name for c in table.columns]
     frame = frame.select(columns)
@@ -411,9 +411,9 @@ def generate(config: SynthConfig, warehouse_uri: str) -> SynthReport:
         _metadata.create_all(engine)
         for chunk in iter_chunks(config):
             with engine.begin() as conn:
-                _insert(conn, CUSTOMERS, chunk.customers)
-                _insert(conn, EVENTS, chunk.events)
-                _insert(conn, CHURN_LABELS, chunk.labels)
+                insert_frame(conn, CUSTOMERS, chunk.customers)
+                insert_frame(conn, EVENTS, chunk.events)
+                insert_frame(conn, CHURN_LABELS, chunk.labels)
             rows["customers"] += chunk.customers.height
             rows["events"] += chunk.events.height
             rows["churn_labels"] += chunk.labels.height
@@ -437,7 +437,7 @@ def generate(config: SynthConfig, warehouse_uri: str) -> SynthReport:
         snap = np.concatenate(snapshots) if snapshots else np.empty(0, dtype=np.int64)
         by_snapshot = {}
         for moment in config.snapshot_dates:
-            mask = snap == _epoch_us(moment)
+            mask = snap == epoch_us(moment)
             by_snapshot[moment.date().isoformat()] = round(auc(p[mask], y[mask]), 5)
         report = SynthReport(
             rows=rows,
