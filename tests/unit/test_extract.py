@@ -48,8 +48,9 @@ def test_canonical_schema_and_cutoff(warehouse, tmp_path):
             "amount": pl.Float64,
         }
     )
+    # the label keeps the warehouse's type (an INTEGER column here); the build encodes it per task
     assert labels.schema == pl.Schema(
-        {"entity_id": pl.Utf8, "snapshot_ts": pl.Datetime("us"), "label": pl.Int8}
+        {"entity_id": pl.Utf8, "snapshot_ts": pl.Datetime("us"), "label": pl.Int64}
     )
     assert entities.columns == ["entity_id", "signup_ts", "plan", "region"]
     assert entities.schema["signup_ts"] == pl.Datetime("us")
@@ -239,3 +240,38 @@ def test_the_cli_command(labels_warehouse, tmp_path, monkeypatch, capsys):
     assert LabelsManifest.read(str(tmp_path / "out")).score_date == day
     assert main(["extract-labels", "--score-date", day, "--label-column", "nope", "--out", str(tmp_path / "x")]) == 1
     assert "no column 'nope' (from --label-column)" in capsys.readouterr().err
+
+
+def test_labels_keep_the_warehouse_type_and_the_manifest_names_the_columns(tmp_path):
+    uri = sqlite_warehouse(
+        tmp_path / "typed.db",
+        "CREATE TABLE ev (who TEXT, at TEXT, amount REAL)",
+        "CREATE TABLE lb (who TEXT, cutoff_ts TEXT, y REAL, grade TEXT, ok BOOLEAN)",
+        "INSERT INTO ev VALUES ('a', '2026-01-01', 1.0)",
+        "INSERT INTO lb VALUES ('a', '2026-01-02', 0.7, 'yes', 1), ('b', '2026-01-02', 1.0, 'no', 0)",
+    )
+    columns = {"entity_key": "who", "timestamp_column": "at", "snapshot_column": "cutoff_ts"}
+    labels = {}
+    for label in ("y", "grade", "ok"):
+        source = TrainingSource(events_table="ev", labels_table="lb", label_column=label, **columns)
+        manifest = extract(uri, str(tmp_path / label), source)
+        labels[label] = pl.read_parquet(tmp_path / label / "labels.parquet")["label"].to_list()
+    # 0.7 is not silently a 0 any more: the build decides per task what a label may be
+    assert labels == {"y": [0.7, 1.0], "grade": ["yes", "no"], "ok": [1, 0]}
+    assert manifest.kind == "events"
+    assert manifest.columns == {"entity_id": "who", "event_ts": "at", "snapshot_ts": "cutoff_ts", "label": "ok"}
+
+
+def test_a_column_that_changes_type_between_batches_is_named(tmp_path):
+    uri = sqlite_warehouse(
+        tmp_path / "mixed.db",
+        "CREATE TABLE ev (who TEXT, at TEXT, qty)",
+        "CREATE TABLE lb (who TEXT, cutoff_ts TEXT, y INTEGER)",
+        "INSERT INTO ev VALUES ('a', '2026-01-01', 1), ('b', '2026-01-01', 2.5)",
+        "INSERT INTO lb VALUES ('a', '2026-01-02', 1)",
+    )
+    source = TrainingSource(events_table="ev", labels_table="lb", entity_key="who", timestamp_column="at",
+                            snapshot_column="cutoff_ts", label_column="y")
+    with pytest.raises(ExtractError, match=r"column 'qty' changes type between rows: Int64 at first, then Float64 "
+                                           r"\(e\.g\. 2\.5\); cast it to one type in a query"):
+        extract(uri, str(tmp_path / "out"), source, batch_rows=1)

@@ -55,6 +55,10 @@ class LabelsManifest(Manifest):
     rows: dict[str, int]
     score_date: str
     source: dict[str, Any]
+    # the label's type follows the task: binary 0/1 (Int8), multiclass the class as spelled (Utf8), regression Float64
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    # canonical column -> the user's own column name
+    columns: dict[str, str] = {}
 
 
 class GateFailure(BaseModel):

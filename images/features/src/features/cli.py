@@ -15,7 +15,7 @@ from mlcontract.cli import Commands, iso_date, optional_timestamp, run
 from mlcontract.env import StepEnvironment
 from mlcontract.errors import StepInputError
 from mlcontract.manifests import Manifest, SeedManifest
-from mlcontract.names import DEFAULT_PREDICTIONS_TABLE
+from mlcontract.names import BINARY, DEFAULT_PREDICTIONS_TABLE, TASKS
 
 
 def cmd_seed(args: argparse.Namespace, env: StepEnvironment) -> SeedManifest:
@@ -46,15 +46,15 @@ def cmd_extract(args: argparse.Namespace, env: StepEnvironment) -> Manifest:
 
     from features.extract.training import extract
 
+    # only what was given: the source model knows the defaults of events and of a feature table
+    relations = _given_relations(args, "events", "labels", "features")
+    if args.entities_table is None and not (args.features_table or args.features_query):
+        args.entities_table = "customers"  # the command's default, with events
     source = TrainingSource(
-        events_table=None if args.events_query else args.events_table,
-        events_query=args.events_query,
-        labels_table=None if args.labels_query else args.labels_table,
-        labels_query=args.labels_query,
-        entities_table=args.entities_table or None,
+        **relations,
+        **_given(args, "entities_table", "snapshot_column"),
         entity_key=args.entity_key,
         timestamp_column=args.timestamp_column,
-        snapshot_column=args.snapshot_column,
         label_column=args.label_column,
     )
     return extract(env.warehouse(), env.output(args.out), source, cutoff=args.cutoff, batch_rows=args.batch_rows)
@@ -69,10 +69,12 @@ def cmd_extract_labels(args: argparse.Namespace, env: StepEnvironment) -> Manife
         labels_table=None if args.labels_query else args.labels_table,
         labels_query=args.labels_query,
         entity_key=args.entity_key,
-        snapshot_column=args.snapshot_column,
+        snapshot_column=args.snapshot_column or None,
         label_column=args.label_column,
     )
-    return extract_labels(env.warehouse(), env.output(args.out), args.score_date, source, batch_rows=args.batch_rows)
+    return extract_labels(
+        env.warehouse(), env.output(args.out), args.score_date, source, batch_rows=args.batch_rows, task=args.task
+    )
 
 
 def cmd_validate_raw(args: argparse.Namespace, env: StepEnvironment) -> Manifest:
@@ -104,12 +106,10 @@ def cmd_extract_scoring(args: argparse.Namespace, env: StepEnvironment) -> Manif
     if args.as_of is None:
         raise StepInputError("--as-of is required: the date to score (events strictly before it are used)")
     source = ScoringSource(
-        events_table=None if args.events_query else args.events_table,
-        events_query=args.events_query,
-        entities_table=args.entities_table or None,
+        **_given_relations(args, "events", "features"),
+        **_given(args, "entities_table", "signup_column", "snapshot_column", "label_column"),
         entity_key=args.entity_key,
         timestamp_column=args.timestamp_column,
-        signup_column=args.signup_column or None,
     )
     return extract_scoring(env.warehouse(), env.output(args.out), args.as_of, source, batch_rows=args.batch_rows)
 
@@ -134,6 +134,29 @@ def cmd_publish_predictions(args: argparse.Namespace, env: StepEnvironment) -> M
     )
 
 
+def _given(args: argparse.Namespace, *names: str) -> dict[str, str | None]:
+    """The options given on the command line ('' stands for none)."""
+    return {name: getattr(args, name) or None for name in names if getattr(args, name) is not None}
+
+
+def _given_relations(args: argparse.Namespace, *kinds: str) -> dict[str, str | None]:
+    """The table or query given for each relation; a query replaces the default table."""
+    given: dict[str, str | None] = {}
+    for kind in kinds:
+        table, query = getattr(args, f"{kind}_table"), getattr(args, f"{kind}_query")
+        if query:
+            given.update({f"{kind}_table": None, f"{kind}_query": query})
+        elif table is not None:
+            given[f"{kind}_table"] = table
+    return given
+
+
+def _feature_table(command: argparse.ArgumentParser, *, relations: str) -> None:
+    group = command.add_mutually_exclusive_group()
+    group.add_argument("--features-table", help=f"a ready-made feature table, instead of {relations}")
+    group.add_argument("--features-query", help="SQL query returning the feature table (instead of a table)")
+
+
 def _source_columns(command: argparse.ArgumentParser, *names: str) -> None:
     defaults = {"entity-key": "customer_id", "timestamp-column": "event_ts", "snapshot-column": "snapshot_ts",
                 "label-column": "churned"}
@@ -141,7 +164,7 @@ def _source_columns(command: argparse.ArgumentParser, *names: str) -> None:
         command.add_argument(f"--{name}", default=defaults[name])
 
 
-def _relation(command: argparse.ArgumentParser, kind: str, table: str) -> None:
+def _relation(command: argparse.ArgumentParser, kind: str, table: str | None) -> None:
     group = command.add_mutually_exclusive_group()
     group.add_argument(f"--{kind}-table", default=table)
     group.add_argument(f"--{kind}-query", help=f"SQL query returning the {kind} (instead of a table)")
@@ -174,10 +197,14 @@ def commands() -> Commands:
     seed.add_argument("--end-date", type=iso_date, default=date(2026, 10, 1))
 
     extract = add("extract", cmd_extract, "warehouse (env WAREHOUSE_URI) -> canonical parquet, streamed")
-    _relation(extract, "events", "events")
-    _relation(extract, "labels", "churn_labels")
-    extract.add_argument("--entities-table", default="customers", help="static attributes; '' for none")
-    _source_columns(extract, "entity-key", "timestamp-column", "snapshot-column", "label-column")
+    _relation(extract, "events", None)  # default: table events
+    _relation(extract, "labels", None)  # default: table churn_labels
+    _feature_table(extract, relations="events, labels and entities")
+    extract.add_argument("--entities-table", help="static attributes (default: customers with events); '' for none")
+    _source_columns(extract, "entity-key", "timestamp-column", "label-column")
+    extract.add_argument(
+        "--snapshot-column", help="the labels' snapshot date (default: snapshot_ts); optional for a feature table"
+    )
     extract.add_argument("--cutoff", type=optional_timestamp, help="ISO date/datetime: events before, snapshots up to")
     extract.add_argument("--batch-rows", type=int, default=500_000)
 
@@ -197,18 +224,23 @@ def commands() -> Commands:
 
     scoring = add("extract-scoring", cmd_extract_scoring, "entities to score on a date + their events, streamed")
     scoring.add_argument("--as-of", required=True, type=optional_timestamp, help="ISO date: score as of this instant")
-    _relation(scoring, "events", "events")
-    scoring.add_argument("--entities-table", default="customers", help="entities to score + attributes; '' for none")
+    _relation(scoring, "events", None)  # default: table events
+    _feature_table(scoring, relations="events and entities")
+    scoring.add_argument("--entities-table", help="entities to score + attributes (default: customers); '' for none")
     _source_columns(scoring, "entity-key", "timestamp-column")
     scoring.add_argument(
-        "--signup-column", default="signup_ts", help="entities table: score those signed up before --as-of; '' for all"
+        "--signup-column", help="entities table: score those signed up before --as-of (default: signup_ts); '' for all"
     )
+    scoring.add_argument("--snapshot-column", help="feature table: score the rows of the --as-of date by this column")
+    scoring.add_argument("--label-column", help="feature table: a label column to leave out of the spine")
     scoring.add_argument("--batch-rows", type=int, default=500_000)
 
     labels = add("extract-labels", cmd_extract_labels, "the realised labels at one snapshot date, for monitoring")
     labels.add_argument("--score-date", required=True, type=iso_date, help="the snapshot date of the labels")
     _relation(labels, "labels", "churn_labels")
+    labels.add_argument("--features-table", dest="labels_table", help="a ready-made feature table's labels")
     _source_columns(labels, "entity-key", "snapshot-column", "label-column")
+    labels.add_argument("--task", choices=TASKS, default=BINARY, help="the champion's task: the label's type")
     labels.add_argument("--batch-rows", type=int, default=500_000)
 
     build_scoring = add("build-scoring", cmd_build_scoring, "features to score, same code and columns as training")

@@ -45,12 +45,18 @@ class ExtractEngine:
     """Reads one warehouse for one step; use as a context manager (the engine is disposed at the end)."""
 
     def __init__(
-        self, warehouse_uri: str, entity_key: str, timestamp_column: str, batch_rows: int = DEFAULT_BATCH_ROWS
+        self,
+        warehouse_uri: str,
+        entity_key: str,
+        timestamp_column: str | None,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
     ):
         self.warehouse = Warehouse(warehouse_uri)
-        self.key, self.ts = entity_key, timestamp_column
+        self.key, self.ts = entity_key, timestamp_column or ""
         self.batch_rows = batch_rows
-        self.options = {entity_key: "--entity-key", timestamp_column: "--timestamp-column"}
+        self.options = {entity_key: "--entity-key"}
+        if timestamp_column:  # a feature table has none
+            self.options[timestamp_column] = "--timestamp-column"
         # the backend and database name say which warehouse without its address or credentials
         url = self.warehouse.engine.url
         log.info("reading the %s warehouse, database %r", url.get_backend_name(), url.database)

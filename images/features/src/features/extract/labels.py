@@ -1,9 +1,12 @@
 """``extract-labels``: the realised labels at one snapshot date, for monitoring the served model.
 
-``labels.parquet`` holds ``entity_id`` (Utf8) and ``label`` (Int8) of the rows whose snapshot falls on the
-score date ``D``; it is empty, with that schema, while no label for ``D`` exists yet. Same warehouse access
-and timestamp parsing as the other extracts: on SQLite the SQL compares ISO date prefixes and the exact
-day is checked after parsing.
+``labels.parquet`` holds ``entity_id`` (Utf8) and ``label`` of the rows whose snapshot falls on the score
+date ``D``; it is empty, with that schema, while no label for ``D`` exists yet. The label is in the model's
+terms, per task: binary 0/1 (Int8; booleans are 0/1), multiclass the class as the user's label column
+spells it (Utf8, like the snapshot's ``classes``), regression a number (Float64). A ready-made feature
+table works as a labels table; without a snapshot column all its rows are labels of ``D``. Same warehouse
+access and timestamp parsing as the other extracts: on SQLite the SQL compares ISO date prefixes and the
+exact day is checked after parsing.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from datetime import date, datetime, timedelta
 import polars as pl
 from mlcontract import storage
 from mlcontract.manifests import LabelsManifest
-from mlcontract.names import ENTITY, LABEL, LABELS_FILE, SNAPSHOT
+from mlcontract.names import BINARY, ENTITY, LABEL, LABELS_FILE, MULTICLASS, REGRESSION, SNAPSHOT
 from mlcontract.source import LabelSource
 
 from features.errors import ExtractError
@@ -24,7 +27,11 @@ from features.extract.warehouse import DEFAULT_BATCH_ROWS, Canonicaliser
 
 log = logging.getLogger(__name__)
 
-LABELS_SCHEMA = {ENTITY: pl.Utf8, LABEL: pl.Int8}
+LABEL_TYPES = {BINARY: pl.Int8, MULTICLASS: pl.Utf8, REGRESSION: pl.Float64}
+
+
+def labels_schema(task: str) -> dict[str, pl.DataType]:
+    return {ENTITY: pl.Utf8, LABEL: LABEL_TYPES[task]}
 
 
 def extract_labels(
@@ -33,35 +40,36 @@ def extract_labels(
     score_date: date,
     source: LabelSource | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    task: str = BINARY,
 ) -> LabelsManifest:
     """Write ``labels.parquet`` (the labels at snapshot date ``score_date``) and the step manifest."""
     source = source or LabelSource()
     started = time.perf_counter()
     key, snap, label = source.entity_key, source.snapshot_column, source.label_column
     day = datetime(score_date.year, score_date.month, score_date.day)
-    with ExtractEngine(warehouse_uri, key, snap, batch_rows) as engine:
-        options = {key: "--entity-key", snap: "--snapshot-column", label: "--label-column"}
+    with ExtractEngine(warehouse_uri, key, None, batch_rows) as engine:
+        options = {key: "--entity-key", label: "--label-column"}
+        if snap:
+            options[snap] = "--snapshot-column"
         labels = engine.relation("labels", *source.relation("labels"), options)
         warehouse, q = engine.warehouse, engine.warehouse.quote
-        sql = (
-            f"SELECT src.{q(key)}, src.{q(snap)}, src.{q(label)} FROM {labels.sql} AS src "
-            f"WHERE src.{q(snap)} >= :start AND src.{q(snap)} < :end ORDER BY src.{q(key)}"
-        )
-        params = {"start": warehouse.lower_bound(day), "end": warehouse.lower_bound(day + timedelta(days=1))}
-        to_labels = Canonicaliser({key: ENTITY, snap: SNAPSHOT, label: LABEL}, {SNAPSHOT}, warehouse.is_sqlite, LABEL)
+        selected, where, params = [key, label], "", {}
+        if snap:
+            selected.append(snap)
+            where = f" WHERE src.{q(snap)} >= :start AND src.{q(snap)} < :end"
+            params = {"start": warehouse.lower_bound(day), "end": warehouse.lower_bound(day + timedelta(days=1))}
+        sql = f"SELECT {', '.join(f'src.{q(c)}' for c in selected)} FROM {labels.sql} AS src{where} ORDER BY src.{q(key)}"
+        renames = {key: ENTITY, label: LABEL, **({snap: SNAPSHOT} if snap else {})}
+        to_labels = Canonicaliser(renames, {SNAPSHOT} if snap else set(), warehouse.is_sqlite)
         frames = [to_labels(keys, rows) for keys, rows in warehouse.stream(sql, params, batch_rows)]
 
-    found = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(schema={SNAPSHOT: pl.Datetime("us")})
-    found = found.filter(pl.col(SNAPSHOT).dt.date() == score_date)  # the exact day, after parsing
+    found = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(schema={ENTITY: pl.Utf8, LABEL: pl.Null})
+    if snap and found.height:
+        found = found.filter(pl.col(SNAPSHOT).dt.date() == score_date)  # the exact day, after parsing
     if found.height == 0:
-        realised = pl.DataFrame(schema=LABELS_SCHEMA)
+        realised = pl.DataFrame(schema=labels_schema(task))
     else:
-        bad = found.filter(~pl.col(LABEL).is_in([0, 1]) | pl.col(LABEL).is_null())
-        if bad.height:
-            raise ExtractError(
-                f"label column {label!r} must hold 0/1, found {bad.height} other value(s) on {score_date}"
-            )
-        realised = found.select(pl.col(ENTITY).cast(pl.Utf8), pl.col(LABEL).cast(pl.Int8)).unique(
+        realised = found.select(pl.col(ENTITY).cast(pl.Utf8), task_label(found[LABEL], task, label, score_date)).unique(
             ENTITY, keep="first", maintain_order=True
         )
     labels_uri = storage.join_uri(out_dir, LABELS_FILE)
@@ -72,7 +80,27 @@ def extract_labels(
         rows={"labels": realised.height},
         score_date=score_date.isoformat(),
         source=source.describe(),
+        task=task,
+        columns={ENTITY: key, LABEL: label, **({SNAPSHOT: snap} if snap else {})},
         seconds=round(time.perf_counter() - started, 3),
     )
     manifest.write(out_dir)
     return manifest
+
+
+def task_label(values: pl.Series, task: str, column: str, score_date: date) -> pl.Series:
+    """The label column in the model's terms for ``task``, or an error naming the column and a bad value."""
+    # numbers, booleans, or text that spells a number ('1' in a TEXT column); anything else is not a number
+    numbers = values.cast(pl.Float64, strict=False)
+    if task == MULTICLASS:  # the class as the user's column spells it, like the snapshot's `classes`
+        return values.cast(pl.Utf8).alias(LABEL)
+    if task == BINARY:
+        bad, expected = ~numbers.is_in([0.0, 1.0]).fill_null(False), "0/1 (or booleans)"
+    else:
+        bad, expected = ~numbers.is_finite().fill_null(False), "finite numbers"
+    if bad.any():
+        raise ExtractError(
+            f"label column {column!r} must hold {expected} for task={task}, found {int(bad.sum()):,} other "
+            f"value(s) on {score_date}, e.g. {values.filter(bad)[0]!r}"
+        )
+    return numbers.cast(LABEL_TYPES[task]).alias(LABEL)

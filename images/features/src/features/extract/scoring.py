@@ -5,21 +5,35 @@ before ``as_of`` plus the entity table's entities that signed up before it; the 
 before ``as_of``, in the canonical layout of ``docs/steps.md``, written by the same engine as the training
 extract. The spine keeps the entity table as it is: a duplicated key there gives a duplicated spine row,
 hence a duplicated prediction, which the predictions gate rejects before publishing.
+
+From a ready-made feature table (:mod:`features.extract.table`) the spine holds its rows (those whose
+snapshot falls on the score date when it has a snapshot column, else all) with their feature columns
+under the user's names, and there are no events.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import polars as pl
 from mlcontract import storage
 from mlcontract.manifests import ScoringExtractManifest
-from mlcontract.names import ENTITY, SNAPSHOT, SPINE_FILE
+from mlcontract.names import (
+    ENTITIES_FILE,
+    ENTITY,
+    EVENT_TS,
+    EVENTS_DIR,
+    FEATURE_TABLE_SOURCE,
+    LABEL,
+    SNAPSHOT,
+    SPINE_FILE,
+)
 from mlcontract.source import ScoringSource
 
 from features.errors import ExtractError
+from features.extract import table as feature_tables
 from features.extract.engine import ExtractEngine
 from features.extract.warehouse import DEFAULT_BATCH_ROWS, as_naive_utc
 
@@ -39,6 +53,8 @@ def extract_scoring(
     as_of_ts = as_naive_utc(as_of)
     assert as_of_ts is not None
     log.info("extracting the entities to score on %s", as_of_ts.isoformat())
+    if source.kind == FEATURE_TABLE_SOURCE:
+        return extract_scoring_table(warehouse_uri, out_dir, as_of_ts, source, batch_rows, started)
     with ExtractEngine(warehouse_uri, source.entity_key, source.timestamp_column, batch_rows) as engine:
         events = engine.events_relation(*source.relation("events"))
         entities = engine.entities_relation(source.entities_table)
@@ -72,6 +88,52 @@ def extract_scoring(
         score_date=as_of_ts.date().isoformat(),
         source=source.describe(),
         snapshots=[as_of_ts.isoformat()],
+        columns={ENTITY: source.entity_key, EVENT_TS: source.timestamp_column},
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    manifest.write(out_dir)
+    return manifest
+
+
+def extract_scoring_table(
+    warehouse_uri: str, out_dir: str, as_of: datetime, source: ScoringSource, batch_rows: int, started: float
+) -> ScoringExtractManifest:
+    """``spine.parquet`` from a ready-made feature table: the rows to score (the score date's, when the
+    table has a snapshot column) with their feature columns; ``snapshot_ts`` = as_of, no label."""
+    day = as_of.date()
+
+    def finish(frame: pl.DataFrame) -> pl.DataFrame:
+        if SNAPSHOT in frame.columns:
+            frame = frame.filter(pl.col(SNAPSHOT).dt.date() == day)  # the exact day, after parsing
+        frame = frame.drop(SNAPSHOT, LABEL, strict=False)
+        return feature_tables.spine_order(frame.with_columns(pl.lit(as_of, pl.Datetime("us")).alias(SNAPSHOT)))
+
+    with ExtractEngine(warehouse_uri, source.entity_key, None, batch_rows) as engine:
+        found = feature_tables.feature_table(engine, source, label_required=False)
+        where, params = "", {}
+        if SNAPSHOT in found.columns:
+            warehouse, q = engine.warehouse, engine.warehouse.quote
+            snap = q(found.columns[SNAPSHOT])
+            where = f" WHERE src.{snap} >= :start AND src.{snap} < :end"
+            midnight = datetime(day.year, day.month, day.day)
+            params = {"start": warehouse.lower_bound(midnight),
+                      "end": warehouse.lower_bound(midnight + timedelta(days=1))}
+        spine_uri = storage.join_uri(out_dir, SPINE_FILE)
+        rows = feature_tables.write_rows(engine, found, spine_uri, finish, where, params)
+    storage.remove(storage.join_uri(out_dir, EVENTS_DIR))  # from an earlier run of this step on events
+    storage.remove(storage.join_uri(out_dir, ENTITIES_FILE))
+    log.info("spine: %s rows of the %s to score", f"{rows:,}", found.name)
+    manifest = ScoringExtractManifest(
+        outputs={"spine": spine_uri},
+        rows={"spine": rows},
+        parts=0,
+        content_hash=storage.hash_files([spine_uri]),
+        as_of=as_of.isoformat(),
+        score_date=day.isoformat(),
+        source=source.describe(),
+        snapshots=[as_of.isoformat()],
+        kind=FEATURE_TABLE_SOURCE,
+        columns=found.columns,
         seconds=round(time.perf_counter() - started, 3),
     )
     manifest.write(out_dir)

@@ -140,13 +140,18 @@ def parse_timestamps(series: pl.Series, column: str) -> pl.Series:
 
 
 class Canonicaliser:
-    """Turns raw batches into canonical frames with one schema, decided by the first non-empty batch."""
+    """Turns raw batches into canonical frames with one schema, decided by the first non-empty batch.
 
-    def __init__(self, renames: dict[str, str], timestamps: set[str], is_sqlite: bool, label: str | None = None):
+    Only the entity key (Utf8) and the timestamps are converted; every other column, the label included,
+    keeps the type the warehouse gave it (a label's task is decided by the build, not here). A later batch
+    whose values do not fit that schema is an error naming the user's column, never a silent cast.
+    """
+
+    def __init__(self, renames: dict[str, str], timestamps: set[str], is_sqlite: bool):
         self.renames = renames
+        self.source_names = {canonical: user for user, canonical in renames.items()}
         self.timestamps = timestamps
         self.is_sqlite = is_sqlite
-        self.label = label
         self.schema: dict[str, pl.DataType] | None = None
         self.text_timestamps: set[str] = set()
 
@@ -171,9 +176,7 @@ class Canonicaliser:
             if name == ENTITY:
                 series = series.cast(pl.Utf8)
             elif name in self.timestamps or name in self.text_timestamps or isinstance(dtype, pl.Datetime):
-                series = parse_timestamps(series, name)
-            elif name == self.label:
-                series = series.cast(pl.Int8, strict=False)
+                series = parse_timestamps(series, self.source_names.get(name, name))
             elif isinstance(dtype, pl.Decimal):
                 series = series.cast(pl.Float64)
             columns.append(series)
@@ -182,4 +185,18 @@ class Canonicaliser:
             if frame.height:
                 self.schema = dict(frame.schema)
             return frame
-        return frame.cast(self.schema, strict=False)  # type: ignore[arg-type]
+        return pl.DataFrame([self._fit(frame[name], dtype) for name, dtype in self.schema.items()])
+
+    def _fit(self, series: pl.Series, dtype: pl.DataType) -> pl.Series:
+        """``series`` in the schema's type, or an error when a value would be lost on the way."""
+        if series.dtype == dtype or series.dtype == pl.Null:
+            return series.cast(dtype)
+        fitted = series.cast(dtype, strict=False)
+        lost = series.is_not_null() & (fitted.is_null() | ~fitted.cast(series.dtype, strict=False).eq_missing(series))
+        if lost.any():
+            column = self.source_names.get(series.name, series.name)
+            raise ExtractError(
+                f"column {column!r} changes type between rows: {dtype} at first, then {series.dtype} "
+                f"(e.g. {series.filter(lost)[0]!r}); cast it to one type in a query"
+            )
+        return fitted
