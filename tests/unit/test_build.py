@@ -11,13 +11,14 @@ import pytest
 from features.engineering.compute import (
     FEATURE_CODE_VERSION,
     NEVER_DAYS,
-    FeatureConfig,
     compute_features,
     feature_columns,
     fit_categories,
     range_max,
 )
-from features.engineering.snapshot import build_features, split_dates
+from features.engineering.snapshot import build_features
+from features.engineering.spec import FeatureSpec, parse_spec
+from features.engineering.split import split_dates
 from features.errors import BuildError
 from mlcontract import storage
 from mlcontract.manifests import BuildManifest, ExtractManifest, SnapshotManifest
@@ -72,11 +73,32 @@ HAND_ENTITIES = pl.DataFrame(
 )
 
 
-def hand_features() -> pl.DataFrame:
-    config = FeatureConfig()
-    categories = fit_categories(HAND_EVENTS.lazy(), HAND_ENTITIES.lazy(), config, before=D(2024, 4, 1))
+# the demo's features before the spec existed (windows, amount sum/mean/max, category counts, trend)
+DEMO_SPEC = parse_spec({
+    "windows_days": [7, 30, 90],
+    "ratios": [[30, 90]],
+    "events": {
+        "event_type": {"kind": "categorical", "aggregations": ["count"]},
+        "channel": {"kind": "categorical", "aggregations": ["count"]},
+        "amount": {"kind": "numeric", "aggregations": ["sum", "mean", "max"]},
+    },
+    "entity_attributes": {"signup_ts": {"use": "days_since"}, "plan": {"use": "one_hot"},
+                          "seats": {"use": "numeric"}, "region": {"use": "one_hot"}},
+})
+ALL_AGGREGATIONS = parse_spec({
+    **DEMO_SPEC.to_dict(),
+    "events": {
+        "event_type": {"kind": "categorical", "aggregations": ["count", "share", "distinct_count"]},
+        "channel": {"kind": "high_cardinality"},
+        "amount": {"kind": "numeric", "aggregations": ["sum", "mean", "min", "max", "std", "last"]},
+    },
+})
+
+
+def hand_features(spec: FeatureSpec = DEMO_SPEC) -> pl.DataFrame:
+    categories = fit_categories(HAND_EVENTS.lazy(), HAND_ENTITIES.lazy(), spec, before=D(2024, 4, 1))
     return compute_features(
-        HAND_EVENTS.lazy(), HAND_SPINE.lazy(), HAND_ENTITIES.lazy(), config, categories
+        HAND_EVENTS.lazy(), HAND_SPINE.lazy(), HAND_ENTITIES.lazy(), spec, categories
     ).collect(engine="streaming")
 
 
@@ -87,11 +109,13 @@ def row(frame: pl.DataFrame, entity: str, snapshot: datetime) -> dict:
 
 
 def test_categories_are_sorted_top_values_before_the_cutoff():
-    config = FeatureConfig(max_categories=1)
-    categories = fit_categories(HAND_EVENTS.lazy(), None, config, before=D(2024, 4, 1))
+    top1 = DEMO_SPEC.model_dump()
+    for column in ("event_type", "channel"):
+        top1["events"][column]["top_k"] = 1
+    categories = fit_categories(HAND_EVENTS.lazy(), None, parse_spec(top1), before=D(2024, 4, 1))
     # before the cutoff: x ×3, y ×1 ; web ×3, app ×1 → the most frequent one of each
     assert categories == {"event_type": ["x"], "channel": ["web"]}
-    full = fit_categories(HAND_EVENTS.lazy(), HAND_ENTITIES.lazy(), FeatureConfig())
+    full = fit_categories(HAND_EVENTS.lazy(), HAND_ENTITIES.lazy(), DEMO_SPEC)
     assert full == {"event_type": ["x", "y"], "channel": ["app", "web"], "entity.plan": ["basic", "pro"]}
 
 
@@ -165,12 +189,12 @@ def test_row_without_history_gets_documented_defaults():
 
 
 def test_empty_spine_keeps_the_schema():
-    config = FeatureConfig()
-    categories = fit_categories(HAND_EVENTS.lazy(), None, config)
+    spec = ALL_AGGREGATIONS
+    categories = fit_categories(HAND_EVENTS.lazy(), None, spec)
     empty = compute_features(
-        HAND_EVENTS.lazy(), HAND_SPINE.clear().lazy(), None, config, categories
+        HAND_EVENTS.lazy(), HAND_SPINE.clear().lazy(), None, spec, categories
     ).collect()
-    full = compute_features(HAND_EVENTS.lazy(), HAND_SPINE.lazy(), None, config, categories).collect()
+    full = compute_features(HAND_EVENTS.lazy(), HAND_SPINE.lazy(), None, spec, categories).collect()
     assert empty.height == 0
     assert feature_columns(empty) == feature_columns(full)
 
@@ -243,12 +267,12 @@ def write_extract(directory, ev: pl.DataFrame, spine: pl.DataFrame, ents: pl.Dat
 
 
 def features_for(ev: pl.DataFrame, spine: pl.DataFrame, ents, categories) -> pl.DataFrame:
-    return compute_features(ev.lazy(), spine.lazy(), ents.lazy(), FeatureConfig(), categories).collect()
+    return compute_features(ev.lazy(), spine.lazy(), ents.lazy(), ALL_AGGREGATIONS, categories).collect()
 
 
 def test_no_leakage_from_events_at_or_after_the_snapshot():
     ev, spine, ents = random_data()
-    categories = fit_categories(ev.lazy(), ents.lazy(), FeatureConfig(), before=SNAPSHOTS[-1])
+    categories = fit_categories(ev.lazy(), ents.lazy(), ALL_AGGREGATIONS, before=SNAPSHOTS[-1])
     baseline = features_for(ev, spine, ents, categories)
     rng = np.random.default_rng(1)
     for s in SNAPSHOTS:
@@ -346,7 +370,8 @@ def test_hash_depends_on_config_and_code_version(tmp_path):
     extract = write_extract(tmp_path / "x", ev, spine, ents)
     default = build_features(extract, str(tmp_path / "o1"), str(tmp_path / "s"))
     other = build_features(
-        extract, str(tmp_path / "o2"), str(tmp_path / "s"), FeatureConfig(windows_days=(14, 30, 90))
+        extract, str(tmp_path / "o2"), str(tmp_path / "s"), parse_spec({**DEMO_SPEC.to_dict(), "windows_days": [14, 30, 90],
+                                                                     "ratios": [], "entity_attributes": {}})
     )
     assert default.snapshot_hash != other.snapshot_hash
     assert "events_14d" in other.feature_columns and "events_7d" not in other.feature_columns
@@ -384,11 +409,13 @@ def test_build_without_entities(tmp_path):
     assert "events_total" in manifest.feature_columns
 
 
-def test_fewer_than_three_snapshot_dates_is_a_clear_error(tmp_path):
+def test_a_time_split_of_fewer_than_three_snapshot_dates_is_a_clear_error(tmp_path):
+    # (issue 8: with the default split "auto" two dates give an entity split; see test_split.py)
     ev, spine, ents = random_data()
     two = spine.filter(pl.col("snapshot_ts") >= SNAPSHOTS[-2])
     with pytest.raises(BuildError, match="at least 3"):
-        build_features(write_extract(tmp_path / "x", ev, two, ents), str(tmp_path / "o"), str(tmp_path / "s"))
+        build_features(write_extract(tmp_path / "x", ev, two, ents), str(tmp_path / "o"), str(tmp_path / "s"),
+                       split="time")
     assert not storage.exists(str(tmp_path / "o" / "manifest.json"))
 
 

@@ -15,7 +15,7 @@ from mlcontract.cli import Commands, iso_date, optional_timestamp, run
 from mlcontract.env import StepEnvironment
 from mlcontract.errors import StepInputError
 from mlcontract.manifests import Manifest, SeedManifest
-from mlcontract.names import BINARY, DEFAULT_PREDICTIONS_TABLE, TASKS
+from mlcontract.names import AUTO_SPLIT, BINARY, DEFAULT_PREDICTIONS_TABLE, SPLIT_METHODS, TASKS
 
 
 def cmd_seed(args: argparse.Namespace, env: StepEnvironment) -> SeedManifest:
@@ -88,8 +88,11 @@ def cmd_validate_raw(args: argparse.Namespace, env: StepEnvironment) -> Manifest
 
 def cmd_build(args: argparse.Namespace, env: StepEnvironment) -> Manifest:
     from features.engineering.snapshot import build_features
+    from features.engineering.spec import load_spec
 
-    return build_features(args.extract, env.output(args.out), args.snapshot_root)
+    spec = load_spec(args.feature_spec) if args.feature_spec.strip() else None
+    return build_features(args.extract, env.output(args.out), args.snapshot_root, spec,
+                          task=args.task, split=args.split, split_seed=args.split_seed)
 
 
 def cmd_validate_features(args: argparse.Namespace, env: StepEnvironment) -> Manifest:
@@ -214,9 +217,14 @@ def commands() -> Commands:
     raw.add_argument("--max-amount", type=float, default=1.0e6, help="declared range of `amount`: [0, this]")
     raw.add_argument("--min-snapshots", type=int, default=2)
 
-    build = add("build", cmd_build, "point-in-time features + time-based split (content-addressed)")
+    build = add("build", cmd_build, "point-in-time features + train/valid/test split (content-addressed)")
     build.add_argument("--extract", required=True, help="the extract step's output directory")
     build.add_argument("--snapshot-root", required=True, help="e.g. {ARTIFACT_ROOT}/features")
+    build.add_argument("--feature-spec", default="", help="feature spec: a YAML/JSON file or inline text; '' infers it")
+    build.add_argument("--task", choices=TASKS, default=BINARY, help="how the label is read and stored")
+    build.add_argument("--split", choices=SPLIT_METHODS, default=AUTO_SPLIT,
+                       help="time (by snapshot date), entity (seeded hash of the id), auto (time with >= 3 dates)")
+    build.add_argument("--split-seed", type=int, default=42, help="the entity split's hash seed")
 
     feats = add("validate-features", cmd_validate_features, "gate 2: Great Expectations on the features")
     feats.add_argument("--features", required=True, help="the build step's output directory")

@@ -21,6 +21,10 @@ class BuildError(StepInputError):
     """An extract the feature build cannot use (too few snapshot dates, colliding category names...)."""
 
 
+class SpecError(BuildError):
+    """A feature spec that is malformed or does not fit the data: names the user's column and what is wrong."""
+
+
 class ScoringError(StepInputError):
     """Bad scoring input: a reference snapshot, a feature column, a prediction column or an option."""
 

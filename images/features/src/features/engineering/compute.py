@@ -1,23 +1,65 @@
-"""Point-in-time correct feature engineering (polars, lazy, streaming) and the content-addressed snapshot.
+"""Point-in-time correct feature engineering from a :class:`~features.engineering.spec.FeatureSpec`.
 
-A *spine* row ``(entity_id, snapshot_ts[, label])`` gets features computed only from events with
-``event_ts < snapshot_ts`` (strictly before: an event at the snapshot instant is already the future).
+A *spine* row ``(entity_id, snapshot_ts[, label][, feature-table columns])`` gets features computed only
+from events with ``event_ts < snapshot_ts`` (strictly before: an event at the snapshot instant is already
+the future). A window of ``w`` days is ``[snapshot_ts - w days, snapshot_ts)``.
 
-How it stays one pass over the events whatever the number of windows and snapshots: the distinct
-snapshot instants ``s`` and window starts ``s - w`` cut the time axis into a few *buckets*. Each event is
-put in its bucket (a binary search), and one streaming ``group_by(entity_id, bucket)`` reduces the 10 M+
-events to per-bucket partials (counts, fixed-point sums, maxima, first/last timestamps), sorted by
-(entity, bucket). Every window ``[s - w, s)`` of an entity is then a contiguous run of those rows, found
-by binary search: counts and sums are differences of exact integer prefix sums, maxima come from one
-vectorised range-maximum pass (``numpy.fmax.reduceat``), first/last event times from the run's ends.
+**One pass over the events**, whatever the number of windows and snapshots: the distinct snapshot
+instants ``s`` and window starts ``s - w`` cut the time axis into a few *buckets*. Each event is put in
+its bucket (a binary search), and one streaming ``group_by(entity_id, bucket)`` reduces the events to
+per-bucket partials (counts, fixed-point sums and sums of squares, minima, maxima, the latest value, first/
+last timestamps, the set of distinct values), sorted by (entity, bucket). Every window of an entity is
+then a contiguous run of those rows, found by binary search: counts and sums are differences of exact
+integer prefix sums, minima and maxima come from vectorised range reductions
+(``numpy.ufunc.reduceat``), distinct counts from each value's last bucket before the snapshot (below).
 No event is ever joined to a snapshot it could leak into, and there is no events x snapshots blow-up.
 
-Rows without history get defaults, never nulls (see ``DEFAULTS_DOC``).
+**Exact definitions** (``x`` = a column's non-null values in the window; every feature is a Float64 or
+integer, never null: rows without history get the defaults of ``DEFAULTS_DOC``):
+
+- ``events_{w}d``: number of events in the window (all rows, whatever their values); ``events_total``:
+  number of events before the snapshot.
+- numeric columns: values are rounded to ``numeric_decimals`` (6) decimals first (fixed point, so that
+  sums are exact and order-independent); ``min``/``max`` use the raw values.
+  ``{c}_sum_{w}d`` = sum(x), 0 without values; ``{c}_mean_{w}d`` = sum(x) / count(x), 0 without values;
+  ``{c}_min_{w}d`` / ``{c}_max_{w}d``, 0 without values; ``{c}_std_{w}d`` = sample standard deviation
+  (ddof = 1) = sqrt((n * sum(x^2) - sum(x)^2) / (n * (n - 1))), the numerator exact in 128-bit fixed
+  point, 0 when n < 2;
+  ``{c}_last`` (not windowed) = the value of the latest event before the snapshot whose value is not
+  null; ties (same ``event_ts``) are broken by the largest value; 0 without one.
+- timestamp columns: ``x`` = the lag ``(event_ts - value)`` in days (a row is known at its event_ts),
+  then as numeric columns under the stem ``{c}_lag_days`` (``{c}_lag_days_mean_{w}d``...).
+- boolean columns (integers: non-zero is true): ``{c}_sum_{w}d`` = number of true values;
+  ``{c}_mean_{w}d`` = true values / non-null values, 0 without values.
+- categorical columns, over the top-K vocabulary (``categories[c]``: the K most frequent values of the
+  events before the last training snapshot, ties by value, listed sorted; values compared as strings,
+  booleans as "true"/"false"): ``{c}_{value}_{w}d`` = events with that value; ``{c}_{value}_share_{w}d``
+  = that count / events with a non-null value of ``c`` in the window (0 when none).
+- ``{c}_distinct_{w}d`` (categorical or high-cardinality): number of distinct non-null values (compared as
+  strings) in the window.
+- ``days_since_last_event`` = (snapshot - latest event before it) in days, ``NEVER_DAYS`` without one;
+  ``days_since_first_event`` = (snapshot - first event) in days, ``UNKNOWN_DAYS`` without one.
+- ratios ``[r, b]``: ``events_trend_{r}d_vs_prior_{b-r}d`` = (n_r + 1) / (n_prior * r / (b - r) + 1)
+  with n_r = ``events_{r}d`` and n_prior = ``events_{b}d - events_{r}d`` (add-one smoothed ratio of daily
+  rates: 1 without events); for each numeric column with ``sum``: ``{c}_sum_trend_{r}d_vs_prior_{b-r}d`` =
+  slog(S_r) - slog((S_b - S_r) * r / (b - r)), slog(v) = sign(v) * ln(1 + |v|) (0 without events).
+- entity attributes (joined on entity_id, the first row of each entity): ``numeric`` -> the value as
+  Float64 (null 0); ``boolean`` -> 0/1 (null 0); ``one_hot`` -> ``{col}_{value}`` 0/1 over the top-K
+  vocabulary ``categories["entity.{col}"]``; ``days_since`` -> ``days_since_{col without _ts}`` =
+  (snapshot - value) in days (null 0).
+- feature-table columns (extra spine columns of a ready-made feature table): as entity attributes, with
+  the vocabulary ``categories["table.{col}"]`` (fitted on all spine rows) and ``days_since`` allowed to
+  be negative (a timestamp after the snapshot).
+
+How distinct counts stay in the one pass: each bucket's partial keeps the set of its distinct values;
+exploded and sorted by (entity, value, bucket), each (entity, value, bucket) row knows the next bucket
+where the value occurs again. For snapshot ``s`` the values of an entity seen before ``s`` are the rows
+with ``bucket < bucket(s) <= next``, each at the value's last bucket before ``s``; the distinct count of
+window ``w`` is how many of them lie at or after the window's first bucket.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import re
@@ -31,73 +73,39 @@ import numpy as np
 import polars as pl
 from mlcontract.names import ENTITY, EVENT_TS, LABEL, SNAPSHOT
 
-from features.errors import BuildError
+from features.engineering.spec import EventColumn, FeatureSpec
+from features.errors import BuildError, SpecError
 
 log = logging.getLogger(__name__)
 
 # Bump when the feature logic changes: it is part of the snapshot hash, so old snapshots are not reused.
-# (features-4: the snapshot manifest is a typed SnapshotManifest with the declared feature bounds)
-FEATURE_CODE_VERSION = "features-4"
+# (features-5: features from a declarative FeatureSpec; min/std/last/shares/distinct counts/table columns)
+FEATURE_CODE_VERSION = "features-5"
 
 # Defaults for rows without history: never null, and every "days" feature stays non-negative (the
 # features gate checks that), with "never" as a long time ago rather than a negative sentinel.
 NEVER_DAYS = 3650.0  # days_since_last_event when there is no event before the snapshot
 UNKNOWN_DAYS = 0.0  # days_since_first_event without events; days_since_<ts> of a missing timestamp
 DEFAULTS_DOC = (
-    "no events before the snapshot: counts, sums, means and maxima are 0; days_since_last_event is "
+    "no events before the snapshot (or no values in the window): counts, sums, means, minima, maxima, "
+    "standard deviations, shares, distinct counts and last values are 0; days_since_last_event is "
     f"{NEVER_DAYS:g} (never = long ago), days_since_first_event is {UNKNOWN_DAYS:g}; the event trend ratio is 1 "
-    "(add-one smoothed). Entity attributes: a missing timestamp gives days_since_* = 0, a missing numeric "
-    "0, a missing or unlisted category all-zero one-hots; an entity absent from the entity table likewise."
+    "(add-one smoothed), a sum trend 0. Entity attributes and feature-table columns: a missing timestamp "
+    "gives days_since_* = 0, a missing numeric or boolean 0, a missing or unlisted category all-zero "
+    "one-hots; an entity absent from the entity table likewise."
 )
 
 _US_PER_DAY = 86_400_000_000
+_TWO64 = 2**64
 
 Bounds = tuple[float | None, float | None]
 # The range each kind of feature is guaranteed by its definition (the features gate checks exactly these;
-# every numeric feature is also checked to be finite). Sums, means and maxima of a numeric column are
-# unbounded: their range is the source column's.
-COUNT: Bounds = (0.0, None)  # event counts, category counts; also "days since" (never negative)
-ONE_HOT: Bounds = (0.0, 1.0)
+# every numeric feature is also checked to be finite). Sums, means, minima and maxima of a numeric column
+# are unbounded: their range is the source column's.
+COUNT: Bounds = (0.0, None)  # event counts, category counts, std; also "days since" (never negative)
+ONE_HOT: Bounds = (0.0, 1.0)  # one-hots, shares, boolean means
 POSITIVE: Bounds = (math.nextafter(0.0, 1.0), None)  # strictly above 0 (the add-one smoothed trend ratio)
 UNBOUNDED: Bounds = (None, None)
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """What features to compute. Part of the snapshot hash: change it and a new snapshot is built."""
-
-    windows_days: tuple[int, ...] = (7, 30, 90)
-    numeric_columns: tuple[str, ...] = ("amount",)
-    categorical_columns: tuple[str, ...] = ("event_type", "channel")
-    # numeric sums are computed in fixed point with this many decimals: exact and order-independent
-    numeric_decimals: int = 6
-    max_categories: int = 20
-    entity_max_categories: int = 20
-    # trend: event rate in the last `recent` days vs the rate in the `base - recent` days before it;
-    # computed only when both are among windows_days.
-    trend_recent_days: int = 30
-    trend_base_days: int = 90
-
-    def __post_init__(self) -> None:
-        windows = tuple(sorted({int(w) for w in self.windows_days}))
-        if not windows or windows[0] <= 0:
-            raise ValueError(f"windows_days must be positive, got {self.windows_days!r}")
-        object.__setattr__(self, "windows_days", windows)
-        object.__setattr__(self, "numeric_columns", tuple(self.numeric_columns))
-        object.__setattr__(self, "categorical_columns", tuple(self.categorical_columns))
-        if not 0 <= self.numeric_decimals <= 9:
-            raise ValueError(f"numeric_decimals must be within [0, 9], got {self.numeric_decimals}")
-        if not 0 < self.trend_recent_days < self.trend_base_days:
-            raise ValueError("trend_recent_days must be positive and smaller than trend_base_days")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> FeatureConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload.items() if k in names})
-
 
 Categories = dict[str, list[str]]
 
@@ -116,24 +124,37 @@ def _top_values(frame: pl.LazyFrame, column: str, limit: int) -> pl.LazyFrame:
     )
 
 
-def fit_categories(
-    events: pl.LazyFrame,
-    entities: pl.LazyFrame | None,
-    config: FeatureConfig,
-    before: datetime | None = None,
-) -> Categories:
-    """The category vocabulary: the top-N values by frequency (ties by value), listed sorted.
+def _counted(column: EventColumn) -> bool:
+    return column.kind == "categorical" and bool({"count", "share"} & set(column.effective_aggregations))
 
-    Event categories come from events before ``before`` (the last snapshot), entity categories from the
-    entity table. Store the result with the snapshot so scoring uses the same columns.
+
+def fit_categories(
+    events: pl.LazyFrame | None,
+    entities: pl.LazyFrame | None,
+    spec: FeatureSpec,
+    before: datetime | None = None,
+    spine: pl.LazyFrame | None = None,
+) -> Categories:
+    """The category vocabulary: per column the top-K values by frequency (ties by value), listed sorted.
+
+    Event categories come from events before ``before`` (the last snapshot), entity one-hots from the
+    entity table (``entity.{col}``), feature-table one-hots from the spine (``table.{col}``). Store the
+    result with the snapshot so scoring uses the same columns.
     """
-    if before is not None:
-        events = events.filter(pl.col(EVENT_TS) < before)
-    queries = {col: _top_values(events, col, config.max_categories) for col in config.categorical_columns}
-    if entities is not None:
-        for col, dtype in entities.collect_schema().items():
-            if col != ENTITY and dtype in (pl.String, pl.Categorical, pl.Enum):
-                queries[f"entity.{col}"] = _top_values(entities, col, config.entity_max_categories)
+    queries: dict[str, pl.LazyFrame] = {}
+    if events is not None:
+        if before is not None:
+            events = events.filter(pl.col(EVENT_TS) < before)
+        for col, column in spec.events.items():
+            if _counted(column):
+                queries[col] = _top_values(events, col, column.effective_top_k)
+    for prefix, frame, uses in (("entity", entities, spec.entity_attributes), ("table", spine, spec.table_columns)):
+        names = frame.collect_schema().names() if frame is not None else []
+        for col, use in uses.items():
+            if use.use == "one_hot" and col in names:  # a missing column is check_spec's to report
+                queries[f"{prefix}.{col}"] = _top_values(frame, col, use.effective_top_k)
+    if not queries:
+        return {}
     # collected together so the event columns are scanned once
     frames = pl.collect_all(list(queries.values()), engine="streaming")
     return {name: sorted(frame.to_series(0).to_list()) for name, frame in zip(queries, frames, strict=True)}
@@ -148,51 +169,119 @@ def category_features(column: str, values: Sequence[str]) -> list[tuple[str, str
     """(value, feature-name stem) pairs; refuses two values that would give the same column name."""
     stems = [f"{column}_{_slug(v)}" for v in values]
     if len(set(stems)) != len(stems):
-        raise BuildError(f"category values of {column!r} collide after slugging: {list(values)}")
+        raise BuildError(f"category values of column {column!r} collide after slugging: {list(values)}")
     return list(zip(values, stems, strict=True))
 
 
-# ---------------------------------------------------------------------------------------------- features
+# ---------------------------------------------------------------------------------------------- partials
 
 
 def _days(delta: pl.Expr) -> pl.Expr:
     return delta.dt.total_microseconds().cast(pl.Float64) / _US_PER_DAY
 
 
+def _numeric_value(col: str, column: EventColumn) -> pl.Expr:
+    if column.kind == "timestamp":
+        return _days(pl.col(EVENT_TS) - pl.col(col).cast(pl.Datetime("us")))
+    return pl.col(col).cast(pl.Float64)
+
+
+def _stem(col: str, column: EventColumn) -> str:
+    return f"{col}_lag_days" if column.kind == "timestamp" else col
+
+
+@dataclass
+class _Partials:
+    """What the one pass over the events computes per (entity, bucket), by how windows combine it."""
+
+    additive: list[pl.Expr]  # integer counts, fixed-point sums (and Int128 squares): prefix-sum differences
+    minima: list[pl.Expr]
+    maxima: list[pl.Expr]
+    last: list[pl.Expr]  # Int128 (event_ts, fixed-point value) keys: their max is the latest value
+    sets: list[pl.Expr]  # distinct values per bucket (lists)
+
+
+def _partials(spec: FeatureSpec, categories: Categories, scale: int) -> _Partials:
+    parts = _Partials([pl.len().cast(pl.Int64).alias("n")], [], [], [], [])
+    for col, column in spec.events.items():
+        aggs = set(column.effective_aggregations)
+        if column.kind in ("numeric", "timestamp"):
+            value = _numeric_value(col, column)
+            fixed = (value * scale).round().cast(pl.Int64)  # exact, order-independent integer sums
+            if aggs & {"sum", "mean", "std"}:
+                parts.additive += [fixed.sum().alias(f"{col}__sum"), value.count().cast(pl.Int64).alias(f"{col}__cnt")]
+            if "std" in aggs:  # exact squares of the fixed-point values (Int128 cannot overflow here)
+                wide = fixed.cast(pl.Int128)
+                parts.additive.append((wide * wide).sum().alias(f"{col}__sq"))
+            if "min" in aggs:
+                parts.minima.append(value.min().alias(f"{col}__min"))
+            if "max" in aggs:
+                parts.maxima.append(value.max().alias(f"{col}__max"))
+            if "last" in aggs:
+                # lexicographic (event_ts, value) in one integer: its max is the latest value, ties by value
+                key = pl.col(EVENT_TS).dt.epoch("us").cast(pl.Int128) * _TWO64 + (fixed.cast(pl.Int128) + 2**63)
+                parts.last.append(key.max().alias(f"{col}__last"))
+        elif column.kind == "boolean":
+            flag = pl.col(col).cast(pl.Boolean)
+            parts.additive += [flag.sum().cast(pl.Int64).alias(f"{col}__true"),
+                               flag.count().cast(pl.Int64).alias(f"{col}__cnt")]
+        if column.kind == "categorical" and aggs & {"count", "share"}:
+            text = pl.col(col).cast(pl.String)
+            parts.additive += [
+                (text == value).sum().cast(pl.Int64).alias(f"{col}__v{i}")
+                for i, value in enumerate(categories.get(col, []))
+            ]
+            if "share" in aggs:
+                parts.additive.append(text.count().cast(pl.Int64).alias(f"{col}__cnt"))
+        if "distinct_count" in aggs:
+            parts.sets.append(pl.col(col).cast(pl.String).drop_nulls().unique().alias(f"{col}__set"))
+    return parts
+
+
+def _raw(partial: str, w: int | str) -> str:
+    """The name of a windowed (or ``all``: before the snapshot) partial column."""
+    return f"{partial}@{w}"
+
+
+# ---------------------------------------------------------------------------------------------- compute
+
+
 def compute_features(
-    events: pl.LazyFrame,
+    events: pl.LazyFrame | None,
     spine: pl.LazyFrame,
     entities: pl.LazyFrame | None,
-    config: FeatureConfig,
+    spec: FeatureSpec,
     categories: Categories,
 ) -> pl.LazyFrame:
-    """One row per spine row: the spine's columns, then the feature columns (``feature_columns`` order).
+    """One row per spine row: entity_id, snapshot_ts (and label), then the features (spec order).
 
-    Only events with ``event_ts < snapshot_ts`` of the row are used. Independent of any label column
-    (other spine columns are passed through), so batch scoring calls it with a label-less spine.
-    Rows are sorted by (snapshot_ts, entity_id).
+    Only events with ``event_ts < snapshot_ts`` of the row are used. Independent of any label column,
+    so batch scoring calls it with a label-less spine. Spine columns other than entity_id, snapshot_ts,
+    label and the spec's ``table_columns`` are dropped. Rows are sorted by (snapshot_ts, entity_id).
 
     The events are read once, lazily, by a streaming ``group_by`` that runs when this is called; its
     result (per-entity, per-bucket partials: at most spine entities x buckets rows) and the spine are
     held in memory for the lookups, and the returned frame joins the entity attributes lazily.
     """
-    events = events.with_columns(pl.col(EVENT_TS).cast(pl.Datetime("us")))
-    spine = spine.with_columns(pl.col(ENTITY).cast(pl.String), pl.col(SNAPSHOT).cast(pl.Datetime("us")))
-    spine_columns = spine.collect_schema().names()
+    spine_schema = spine.collect_schema()
+    spine_columns = [c for c in (ENTITY, SNAPSHOT, LABEL) if c in spine_schema]
+    spine = spine.select(
+        pl.col(ENTITY).cast(pl.String),
+        pl.col(SNAPSHOT).cast(pl.Datetime("us")),
+        *([pl.col(LABEL)] if LABEL in spine_schema else []),
+        *(pl.col(c).alias(_table(c)) for c in spec.table_columns if c in spine_schema),
+    )
+    table_schema = pl.Schema({c: spine_schema[c] for c in spec.table_columns if c in spine_schema})
+    entity_schema = entities.collect_schema() if entities is not None else None
+    _check_names(spec, categories, entity_schema, table_schema)
     spine_rows = spine.collect(engine="streaming")
-    if spine_rows.height == 0:
-        return _finalise(
-            spine.with_columns(code=pl.lit(None, pl.UInt32)),
-            False,
-            spine_columns,
-            entities,
-            config,
-            categories,
-        )
+    if spine_rows.height == 0 or events is None or not spec.uses_events:
+        out = spine_rows.sort(SNAPSHOT, ENTITY).lazy()
+        return _finalise(out, False, spine_columns, entities, spec, categories, table_schema)
+
+    events = events.with_columns(pl.col(EVENT_TS).cast(pl.Datetime("us")))
     snapshots = spine_rows[SNAPSHOT].unique().sort().to_list()
-    windows = config.windows_days
-    numeric = config.numeric_columns
-    cats = {col: category_features(col, categories.get(col, [])) for col in config.categorical_columns}
+    windows = spec.windows_days
 
     # Bucket boundaries: each snapshot instant and each window start; bucket i = [B[i], B[i+1]), and
     # bucket -1 is everything before B[0]. Every window [s - w, s) is a run of whole buckets.
@@ -204,21 +293,9 @@ def compute_features(
     # by entity_id); events of entities outside the spine are dropped by the join.
     codes = spine_rows.select(pl.col(ENTITY).unique().sort()).with_row_index("code")
 
-    scale = 10**config.numeric_decimals
-    additive: list[pl.Expr] = [pl.len().cast(pl.Int64).alias("n")]
-    for col in numeric:
-        # fixed point: integer sums are exact and do not depend on the (parallel) summation order
-        fixed = (pl.col(col).cast(pl.Float64) * scale).round().cast(pl.Int64)
-        additive += [
-            fixed.sum().alias(f"{col}__sum"),
-            pl.col(col).count().cast(pl.Int64).alias(f"{col}__cnt"),
-        ]
-    for col, pairs in cats.items():
-        additive += [(pl.col(col) == value).sum().cast(pl.Int64).alias(stem) for value, stem in pairs]
-    maxima = [pl.col(col).cast(pl.Float64).max().alias(f"{col}__max") for col in numeric]
-    bucket = pl.lit(pl.Series(boundaries, dtype=pl.Datetime("us"))).search_sorted(
-        pl.col(EVENT_TS), side="right"
-    )
+    scale = 10**spec.numeric_decimals
+    parts = _partials(spec, categories, scale)
+    bucket = pl.lit(pl.Series(boundaries, dtype=pl.Datetime("us"))).search_sorted(pl.col(EVENT_TS), side="right")
 
     # The one pass over the events (streaming), then partials sorted by (entity, bucket) = by `key`.
     started = time.perf_counter()
@@ -227,8 +304,7 @@ def compute_features(
         .with_columns(bucket.cast(pl.Int64).alias("bucket"))  # = bucket index + 1, in [0, stride)
         .group_by(ENTITY, "bucket")
         .agg(
-            *additive,
-            *maxima,
+            *parts.additive, *parts.minima, *parts.maxima, *parts.last, *parts.sets,
             pl.col(EVENT_TS).min().alias("first_ts"),
             pl.col(EVENT_TS).max().alias("last_ts"),
         )
@@ -245,13 +321,14 @@ def compute_features(
         f"{partials.height:,}",
         time.perf_counter() - started,
     )
-    additive_names = [e.meta.output_name() for e in additive]
-    for col in numeric:  # the running totals below are int64 across all entities: refuse to overflow
-        magnitude = partials[f"{col}__sum"].cast(pl.Float64).abs().sum()
-        if magnitude >= 2**62:
-            raise BuildError(
-                f"numeric column {col!r}: total magnitude {magnitude / scale:.3g} is too large for fixed point "
-                f"with {config.numeric_decimals} decimals; lower FeatureConfig.numeric_decimals"
+    additive_names = [e.meta.output_name() for e in parts.additive]
+    for name in additive_names:  # the running totals below are int64 across all entities: refuse to overflow
+        magnitude = partials[name].cast(pl.Float64).abs().sum()
+        if (name.endswith("__sum") and magnitude >= 2**62) or (name.endswith("__sq") and magnitude >= 2**100):
+            column = name.split("__")[0]
+            raise SpecError(
+                f"events column {column!r}: total magnitude is too large for fixed point with "
+                f"{spec.numeric_decimals} decimals; lower numeric_decimals in the feature spec"
             )
 
     # For each spine key and each boundary offset (0 = the snapshot, w = a window start): how many
@@ -269,12 +346,13 @@ def compute_features(
     entity_base = lookup["code"].cast(pl.Int64) * stride
     sorted_keys = partials["key"].to_numpy()
 
+    def first_bucket(offset_days: int) -> pl.Series:
+        """Per lookup row: the bucket (index + 1) where [snapshot - offset, ...) starts."""
+        buckets = {s: position[s - timedelta(days=offset_days)] + 1 for s in snapshots}
+        return lookup[SNAPSHOT].replace_strict(buckets, return_dtype=pl.Int64)
+
     def rows_before(offset_days: int | None) -> np.ndarray:
-        if offset_days is None:  # the entity's first row
-            target = entity_base
-        else:
-            first_bucket = {s: position[s - timedelta(days=offset_days)] + 1 for s in snapshots}
-            target = entity_base + lookup[SNAPSHOT].replace_strict(first_bucket, return_dtype=pl.Int64)
+        target = entity_base if offset_days is None else entity_base + first_bucket(offset_days)
         return np.searchsorted(sorted_keys, target.to_numpy(), side="left").astype(np.int64)
 
     start, end = rows_before(None), rows_before(0)
@@ -286,19 +364,29 @@ def compute_features(
     # and arithmetic run on all cores
     prefix = pl.concat(
         [
-            pl.DataFrame([pl.Series(name, [0], pl.Int64) for name in additive_names]),
+            pl.DataFrame([pl.Series(name, [0], partials.schema[name]) for name in additive_names]),
             partials.select(pl.col(additive_names).cum_sum()),
         ]
     )
     at_end = prefix[pl.Series(end)]
     for w in windows:
         totals = at_end - prefix[pl.Series(begins[w])]
-        columns.update({_window_name(name, w): totals[name] for name in additive_names})
-    columns["events_total"] = at_end["n"] - prefix["n"].gather(start)
-    for col in numeric:
-        values = partials[f"{col}__max"].fill_null(np.nan).to_numpy()
-        for w in windows:
-            columns[f"{col}_max_{w}d"] = pl.Series(range_max(values, begins[w], end), nan_to_null=True)
+        columns.update({_raw(name, w): totals[name] for name in additive_names})
+    columns[_raw("n", "all")] = at_end["n"] - prefix["n"].gather(start)
+    for exprs, ufunc in ((parts.minima, np.fmin), (parts.maxima, np.fmax)):
+        for expr in exprs:
+            name = expr.meta.output_name()
+            values = partials[name].cast(pl.Float64).fill_null(np.nan).to_numpy()
+            for w in windows:
+                columns[_raw(name, w)] = pl.Series(range_reduce(ufunc, values, begins[w], end), nan_to_null=True)
+    for expr in parts.last:
+        name = expr.meta.output_name()
+        fixed = partials.select(((pl.col(name) % _TWO64) - 2**63).cast(pl.Int64)).to_series()
+        columns[_raw(name, "all")] = _last_in_range(fixed.cast(pl.Float64) / scale, start, end)
+    for expr in parts.sets:
+        name = expr.meta.output_name()
+        counts = _distinct_counts(partials, name, stride, entity_base, first_bucket, windows)
+        columns.update({_raw(name, w): counts[w] for w in windows})
     # Buckets are in time order, so the first event is in the entity's first row, the last one before
     # the snapshot in the row just before `end`.
     no_time = pl.Series([None] * lookup.height, dtype=pl.Datetime("us"))
@@ -309,33 +397,86 @@ def compute_features(
             columns[name] = found.zip_with(history, no_time)
         else:
             columns[name] = no_time
-    features = pl.DataFrame(columns)
-    for col in numeric:
-        for w in windows:
-            features = features.with_columns((pl.col(f"{col}_sum_{w}d") / scale).alias(f"{col}_sum_{w}d"))
-    return _finalise(features.lazy(), True, spine_columns, entities, config, categories, codes)
+    return _finalise(pl.DataFrame(columns).lazy(), True, spine_columns, entities, spec, categories, table_schema,
+                     codes)
 
 
-def range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """``nanmax(values[lo[i]:hi[i]])`` for every i, NaN for an empty range, in one vectorised pass.
+def range_reduce(ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``ufunc.reduce(values[lo[i]:hi[i]])`` for every i, NaN for an empty range, in one vectorised pass.
 
-    ``fmax.reduceat`` over the interleaved bounds (lo0, hi0, lo1, hi1, ...) reduces each [lo, hi) and, in
+    ``reduceat`` over the interleaved bounds (lo0, hi0, lo1, hi1, ...) reduces each [lo, hi) and, in
     between, each [hi, next lo) (discarded); with the queries sorted that is about one sweep of the array.
     """
     padded = np.append(values.astype(np.float64), np.nan)  # so that hi == len(values) is a valid index
     bounds = np.empty(2 * len(lo), dtype=np.intp)
     bounds[0::2], bounds[1::2] = lo, hi
-    out = np.fmax.reduceat(padded, bounds)[0::2]
+    out = ufunc.reduceat(padded, bounds)[0::2] if len(lo) else np.empty(0)
     out[hi <= lo] = np.nan  # reduceat gives values[lo] for an empty range
     return out
 
 
-def _window_name(partial: str, w: int) -> str:
-    if partial == "n":
-        return f"events_{w}d"
-    if partial.endswith("__sum"):
-        return f"{partial.removesuffix('__sum')}_sum_{w}d"
-    return f"{partial}_{w}d"  # value counts, and the helper "<col>__cnt_<w>d"
+def range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``nanmax(values[lo[i]:hi[i]])`` for every i (NaN for an empty or all-NaN range)."""
+    return range_reduce(np.fmax, values, lo, hi)
+
+
+def _last_in_range(values: pl.Series, lo: np.ndarray, hi: np.ndarray) -> pl.Series:
+    """The last non-null value in rows [lo, hi) (null when there is none)."""
+    present = values.is_not_null().to_numpy()
+    last_row = np.maximum.accumulate(np.where(present, np.arange(len(values)), -1)) if len(values) else np.empty(0)
+    at = np.clip(hi - 1, 0, max(len(values) - 1, 0))
+    row = last_row[at] if len(values) else np.full(len(hi), -1)
+    found = (hi > lo) & (row >= lo)
+    gathered = values.gather(np.clip(row, 0, None)) if len(values) else pl.Series([None] * len(hi), dtype=pl.Float64)
+    return gathered.zip_with(pl.Series(found), pl.Series([None] * len(hi), dtype=pl.Float64))
+
+
+def _distinct_counts(
+    partials: pl.DataFrame,
+    name: str,
+    stride: int,
+    entity_base: pl.Series,
+    first_bucket: Callable[[int], pl.Series],
+    windows: Sequence[int],
+) -> dict[int, pl.Series]:
+    """Per lookup row and window: the number of distinct values (see the module docstring)."""
+    occurrences = (
+        partials.select("key", name)
+        .explode(name)
+        .drop_nulls(name)
+        .select(
+            (pl.col("key") // stride).alias("entity"),
+            (pl.col("key") % stride).alias("bucket"),
+            pl.col(name).rank("dense").alias("value"),
+        )
+        .sort("entity", "value", "bucket")
+        .with_columns(
+            next=pl.when(
+                (pl.col("entity") == pl.col("entity").shift(-1)) & (pl.col("value") == pl.col("value").shift(-1))
+            )
+            .then(pl.col("bucket").shift(-1))
+            .otherwise(stride)
+        )
+    )
+    snapshot_bucket = first_bucket(0)  # the snapshot's own bucket: values before it are in lower ones
+    starts = {w: first_bucket(w) for w in windows}
+    queries = pl.DataFrame(
+        {"entity": entity_base // stride, "hi": snapshot_bucket, **{f"lo{w}": starts[w] for w in windows}}
+    ).with_row_index("row")
+    found = []
+    for hi in sorted(set(snapshot_bucket.to_list())):
+        rows = queries.filter(pl.col("hi") == hi)
+        seen = occurrences.filter((pl.col("bucket") < hi) & (pl.col("next") >= hi))
+        found.append(
+            rows.join(seen, on="entity", how="left")
+            .group_by("row")
+            .agg(pl.col("bucket").ge(pl.col(f"lo{w}")).sum().cast(pl.Int64).alias(str(w)) for w in windows)
+        )
+    counts = pl.concat(found).sort("row") if found else pl.DataFrame({"row": [], **{str(w): [] for w in windows}})
+    return {w: counts[str(w)] for w in windows}
+
+
+# ---------------------------------------------------------------------------------------------- definitions
 
 
 @dataclass(frozen=True)
@@ -347,10 +488,15 @@ class Feature:
     bounds: Bounds
 
 
+def _slog(value: pl.Expr) -> pl.Expr:
+    return value.sign() * value.abs().log1p()
+
+
 def feature_definitions(
-    config: FeatureConfig,
+    spec: FeatureSpec,
     categories: Categories,
     entity_schema: pl.Schema | None,
+    table_schema: pl.Schema | None = None,
     windowed: Callable[[str, pl.DataType], pl.Expr] = lambda name, dtype: pl.col(name).cast(dtype),
 ) -> list[Feature]:
     """Every feature, in output order. ``windowed(name, dtype)`` gives a windowed partial column.
@@ -363,55 +509,116 @@ def feature_definitions(
     def add(name: str, expr: pl.Expr, bounds: Bounds) -> None:
         features.append(Feature(name, expr.alias(name), bounds))
 
-    cats = {col: category_features(col, categories.get(col, [])) for col in config.categorical_columns}
-    for w in config.windows_days:
-        add(f"events_{w}d", windowed(f"events_{w}d", pl.Int64).fill_null(0), COUNT)
-        for col in config.numeric_columns:
-            total = windowed(f"{col}_sum_{w}d", pl.Float64).fill_null(0.0)
-            count = windowed(f"{col}__cnt_{w}d", pl.Int64).fill_null(0)
-            mean = pl.when(count > 0).then(total / count).otherwise(0.0)
-            add(f"{col}_sum_{w}d", total, UNBOUNDED)
-            add(f"{col}_mean_{w}d", mean, UNBOUNDED)
-            add(f"{col}_max_{w}d", windowed(f"{col}_max_{w}d", pl.Float64).fill_null(0.0), UNBOUNDED)
-        for pairs in cats.values():
-            for _, stem in pairs:
-                add(f"{stem}_{w}d", windowed(f"{stem}_{w}d", pl.Int64).fill_null(0), COUNT)
+    scale = 10**spec.numeric_decimals
+
+    def count(partial: str, w: int | str) -> pl.Expr:
+        return windowed(_raw(partial, w), pl.Int64).fill_null(0)
+
+    def total(col: str, w: int | str) -> pl.Expr:
+        return windowed(_raw(f"{col}__sum", w), pl.Float64).fill_null(0.0) / scale
+
+    def ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
+        return pl.when(denominator > 0).then(numerator.cast(pl.Float64) / denominator).otherwise(0.0)
+
+    for w in spec.windows_days if spec.uses_events else ():
+        add(f"events_{w}d", count("n", w), COUNT)
+        for col, column in spec.events.items():
+            stem, aggs = _stem(col, column), column.effective_aggregations
+            if column.kind in ("numeric", "timestamp"):
+                n = count(f"{col}__cnt", w)
+                for agg in aggs:
+                    if agg == "sum":
+                        add(f"{stem}_sum_{w}d", total(col, w), UNBOUNDED)
+                    elif agg == "mean":
+                        add(f"{stem}_mean_{w}d", ratio(total(col, w), n), UNBOUNDED)
+                    elif agg in ("min", "max"):
+                        add(f"{stem}_{agg}_{w}d", windowed(_raw(f"{col}__{agg}", w), pl.Float64).fill_null(0.0),
+                            UNBOUNDED)
+                    elif agg == "std":
+                        # n * sum(x^2) - sum(x)^2 exactly, in Int128 fixed point: no cancellation error
+                        squares = windowed(_raw(f"{col}__sq", w), pl.Int128).fill_null(0)
+                        sums = windowed(_raw(f"{col}__sum", w), pl.Int128).fill_null(0)
+                        spread = (n.cast(pl.Int128) * squares - sums * sums).cast(pl.Float64)
+                        variance = spread / (n * (n - 1)).cast(pl.Float64) / float(scale) ** 2
+                        std = pl.when(n >= 2).then(variance.clip(lower_bound=0.0).sqrt()).otherwise(0.0)
+                        add(f"{stem}_std_{w}d", std, COUNT)
+            elif column.kind == "boolean":
+                if "sum" in aggs:
+                    add(f"{col}_sum_{w}d", count(f"{col}__true", w), COUNT)
+                if "mean" in aggs:
+                    add(f"{col}_mean_{w}d", ratio(count(f"{col}__true", w), count(f"{col}__cnt", w)), ONE_HOT)
+            if column.kind == "categorical":
+                pairs = category_features(col, categories.get(col, []))
+                for i, (_, category) in enumerate(pairs):
+                    if "count" in aggs:
+                        add(f"{category}_{w}d", count(f"{col}__v{i}", w), COUNT)
+                    if "share" in aggs:
+                        add(f"{category}_share_{w}d", ratio(count(f"{col}__v{i}", w), count(f"{col}__cnt", w)),
+                            ONE_HOT)
+            if "distinct_count" in aggs:
+                add(f"{col}_distinct_{w}d", count(f"{col}__set", w), COUNT)
 
     snapshot = pl.col(SNAPSHOT)
-    add("events_total", windowed("events_total", pl.Int64).fill_null(0), COUNT)
-    add("days_since_last_event", _days(snapshot - pl.col("last_ts")).fill_null(NEVER_DAYS), COUNT)
-    add("days_since_first_event", _days(snapshot - pl.col("first_ts")).fill_null(UNKNOWN_DAYS), COUNT)
+    if spec.uses_events:
+        add("events_total", count("n", "all"), COUNT)
+        for col, column in spec.events.items():
+            if "last" in column.effective_aggregations:
+                add(f"{_stem(col, column)}_last", windowed(_raw(f"{col}__last", "all"), pl.Float64).fill_null(0.0),
+                    UNBOUNDED)
+    if spec.recency:
+        add("days_since_last_event", _days(snapshot - pl.col("last_ts")).fill_null(NEVER_DAYS), COUNT)
+    if spec.tenure:
+        add("days_since_first_event", _days(snapshot - pl.col("first_ts")).fill_null(UNKNOWN_DAYS), COUNT)
 
-    recent, base = config.trend_recent_days, config.trend_base_days
-    if {recent, base} <= set(config.windows_days):
-        n_recent = windowed(f"events_{recent}d", pl.Float64).fill_null(0.0)
-        n_before = windowed(f"events_{base}d", pl.Float64).fill_null(0.0) - n_recent
+    for recent, base in spec.ratios:
+        suffix = f"trend_{recent}d_vs_prior_{base - recent}d"
+        n_recent = count("n", recent).cast(pl.Float64)
+        n_before = count("n", base).cast(pl.Float64) - n_recent
         # ratio of daily event rates, add-one smoothed on the recent count (and the same pseudo-rate on
         # the earlier one) so that "no events at all" is 1 (flat) and it never divides by zero
-        expected_recent = n_before * recent / (base - recent)
-        trend = (n_recent + 1.0) / (expected_recent + 1.0)
-        add(f"events_trend_{recent}d_vs_prior_{base - recent}d", trend, POSITIVE)
+        add(f"events_{suffix}", (n_recent + 1.0) / (n_before * recent / (base - recent) + 1.0), POSITIVE)
+        for col, column in spec.events.items():
+            if column.kind == "numeric" and "sum" in column.effective_aggregations:
+                s_recent = total(col, recent)
+                s_before = (total(col, base) - s_recent) * recent / (base - recent)
+                add(f"{col}_sum_{suffix}", _slog(s_recent) - _slog(s_before), UNBOUNDED)
 
-    for col, dtype in (entity_schema or {}).items():
-        if col == ENTITY:
-            continue
-        value_of = pl.col(_attribute(col))
-        if dtype.is_temporal():
-            days = _days(snapshot - value_of.cast(pl.Datetime("us"))).fill_null(UNKNOWN_DAYS)
-            add(f"days_since_{col.removesuffix('_ts')}", days, COUNT)
-        elif dtype in (pl.String, pl.Categorical, pl.Enum):
-            for value, stem in category_features(col, categories.get(f"entity.{col}", [])):
-                add(stem, (value_of.cast(pl.String) == value).fill_null(False).cast(pl.Int8), ONE_HOT)
-        elif dtype.is_numeric() or dtype == pl.Boolean:
-            add(col, value_of.cast(pl.Float64).fill_null(0.0), UNBOUNDED)
+    sections = (("entity", _attribute, spec.entity_attributes, entity_schema),
+                ("table", _table, spec.table_columns, table_schema))
+    for prefix, renamed, uses, schema in sections:
+        for col, use in uses.items():
+            if schema is None or col not in schema or use.use == "ignore":
+                continue
+            value_of = pl.col(renamed(col))
+            if use.use == "days_since":
+                days = _days(snapshot - value_of.cast(pl.Datetime("us"))).fill_null(UNKNOWN_DAYS)
+                add(f"days_since_{col.removesuffix('_ts')}", days, COUNT if prefix == "entity" else UNBOUNDED)
+            elif use.use == "one_hot":
+                for value, stem in category_features(col, categories.get(f"{prefix}.{col}", [])):
+                    add(stem, (value_of.cast(pl.String) == value).fill_null(False).cast(pl.Int8), ONE_HOT)
+            elif use.use == "boolean":
+                add(col, value_of.cast(pl.Boolean).fill_null(False).cast(pl.Int8), ONE_HOT)
+            else:
+                add(col, value_of.cast(pl.Float64).fill_null(0.0), UNBOUNDED)
     return features
 
 
+def _check_names(
+    spec: FeatureSpec, categories: Categories, entity_schema: pl.Schema | None, table_schema: pl.Schema | None
+) -> None:
+    """Refuse two features with one name (e.g. an entity attribute named like an event feature)."""
+    names = [f.name for f in feature_definitions(spec, categories, entity_schema, table_schema)]
+    clashes = sorted({n for n in names if names.count(n) > 1} | ({ENTITY, SNAPSHOT, LABEL} & set(names)))
+    if clashes:
+        raise SpecError(f"feature spec: these feature names would be produced twice or clash with the spine: "
+                        f"{clashes[:10]} (rename or ignore one of the columns behind them)")
+
+
 def feature_bounds(
-    config: FeatureConfig, categories: Categories, entity_schema: pl.Schema | None
+    spec: FeatureSpec, categories: Categories, entity_schema: pl.Schema | None, table_schema: pl.Schema | None = None
 ) -> dict[str, Bounds]:
     """The declared range of every feature column (what the features gate checks)."""
-    return {f.name: f.bounds for f in feature_definitions(config, categories, entity_schema)}
+    return {f.name: f.bounds for f in feature_definitions(spec, categories, entity_schema, table_schema)}
 
 
 def _attribute(column: str) -> str:
@@ -419,17 +626,23 @@ def _attribute(column: str) -> str:
     return f"__entity_{column}"
 
 
+def _table(column: str) -> str:
+    # likewise for the columns of a ready-made feature table, carried in the spine
+    return f"__table_{column}"
+
+
 def _finalise(
     out: pl.LazyFrame,
     has_events: bool,
     spine_columns: list[str],
     entities: pl.LazyFrame | None,
-    config: FeatureConfig,
+    spec: FeatureSpec,
     categories: Categories,
+    table_schema: pl.Schema,
     codes: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """Spine columns + derived features with their defaults, in order; rows keep the order of ``out``."""
-    if not has_events:  # empty spine: keep the schema
+    if not has_events:  # no events, or an empty spine: every event feature takes its default
         out = out.with_columns(
             pl.lit(None, pl.Datetime("us")).alias("first_ts"),
             pl.lit(None, pl.Datetime("us")).alias("last_ts"),
@@ -441,9 +654,9 @@ def _finalise(
     entity_schema = None
     if entities is not None:
         entity_schema = entities.collect_schema()
-        attributes = [c for c in entity_schema.names() if c != ENTITY]
+        attributes = [c for c in spec.entity_attributes if c in entity_schema and c != ENTITY]
         attribute_rows = (
-            entities.select(ENTITY, *attributes)
+            entities.select(pl.col(ENTITY).cast(pl.String), *attributes)
             .unique(ENTITY, keep="first")
             .rename({c: _attribute(c) for c in attributes})
         )
@@ -452,7 +665,7 @@ def _finalise(
         out = out.join(
             attribute_rows, on="code" if codes is not None else ENTITY, how="left", maintain_order="left"
         )
-    features = feature_definitions(config, categories, entity_schema, windowed)
+    features = feature_definitions(spec, categories, entity_schema, table_schema, windowed)
     return out.select(*spine_columns, *(f.expr for f in features))
 
 

@@ -1,6 +1,7 @@
 """``build-scoring``: features of the scoring spine with the training code and the training snapshot's
-feature config, category vocabulary and column list, so that serving cannot drift from training. A
-column the model was trained on that cannot be produced is an error, never a silent default.
+feature spec, category vocabulary and column list, so that serving cannot drift from training. The
+columns of a ready-made feature table (in ``spine.parquet``) are encoded with the same spec and
+vocabulary. A column the model was trained on that cannot be produced is an error, never a silent default.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from mlcontract.errors import MissingManifest
 from mlcontract.manifests import ScoringBuildManifest, ScoringExtractManifest, SnapshotManifest
 from mlcontract.names import ENTITY, FEATURES_FILE, SNAPSHOT
 
-from features.engineering.compute import FeatureConfig, compute_features, feature_columns
-from features.engineering.snapshot import scan_extract
+from features.engineering.compute import compute_features, feature_columns
+from features.engineering.snapshot import prepare_spec, scan_extract
+from features.engineering.spec import parse_spec
 from features.errors import ScoringError
 
 log = logging.getLogger(__name__)
@@ -33,11 +35,12 @@ def build_scoring(extract_dir: str, out_dir: str, reference_snapshot_uri: str) -
     started = time.perf_counter()
     extract = ScoringExtractManifest.read(extract_dir)
     reference = reference_snapshot(reference_snapshot_uri)
-    config = FeatureConfig.from_dict(reference.feature_config)
+    spec = parse_spec(reference.feature_config, f"reference snapshot {reference_snapshot_uri!r}: its feature spec")
     columns = reference.feature_columns
-    events, entities = scan_extract(extract_dir)
-    spine = storage.scan_parquet(extract.output("spine")).select(ENTITY, SNAPSHOT)
-    table = compute_features(events, spine, entities, config, reference.categories).collect(engine="in-memory")
+    events, entities = scan_extract(extract_dir, extract.kind)
+    spine = storage.scan_parquet(extract.output("spine"))
+    spec = prepare_spec(spec, events, entities, spine, extract)  # checks the scoring data against the spec
+    table = compute_features(events, spine, entities, spec, reference.categories).collect(engine="in-memory")
 
     produced = feature_columns(table)
     missing = [c for c in columns if c not in produced]

@@ -1,66 +1,132 @@
-"""``build``: the content-addressed feature snapshot of an extract, split by time.
+"""``build``: the content-addressed feature snapshot of an extract, split by time or by entity.
 
 The snapshot lives at ``{snapshot_root}/{hash}`` where the hash covers the extract's content, the feature
-config and :data:`~features.engineering.compute.FEATURE_CODE_VERSION`: the same inputs reuse the snapshot that
-exists. Its :class:`~mlcontract.manifests.SnapshotManifest` declares each feature's range (what the
-features gate checks) and the category vocabulary (what scoring reuses).
+spec (or "inferred": inference is a function of the extract's content), the task, the resolved split
+method (and its seed for an entity split) and :data:`~features.engineering.compute.FEATURE_CODE_VERSION`:
+the same inputs reuse the snapshot that exists. Its :class:`~mlcontract.manifests.SnapshotManifest`
+holds the spec, each feature's range (what the features gate checks), the category vocabulary (what
+scoring reuses), the task with its classes, the split and the user's column names.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
 
 import polars as pl
 from mlcontract import storage
-from mlcontract.manifests import BuildManifest, ExtractManifest, SnapshotManifest
-from mlcontract.names import ENTITIES_FILE, ENTITY, EVENTS_DIR, LABEL, LABELS_FILE, SNAPSHOT, SPLITS
+from mlcontract.manifests import BuildManifest, ExtractManifest, Manifest, SnapshotManifest
+from mlcontract.manifests.features import ExtractedData, SnapshotContents
+from mlcontract.names import (
+    AUTO_SPLIT,
+    BINARY,
+    ENTITIES_FILE,
+    ENTITY,
+    ENTITY_SPLIT,
+    EVENTS_DIR,
+    FEATURE_TABLE_SOURCE,
+    LABEL,
+    LABELS_FILE,
+    SNAPSHOT,
+    SPLITS,
+)
 
 from features.engineering.compute import (
     FEATURE_CODE_VERSION,
-    FeatureConfig,
     compute_features,
     feature_bounds,
     feature_columns,
     fit_categories,
 )
-from features.errors import BuildError
+from features.engineering.spec import FeatureSpec, check_spec, infer_spec
+from features.engineering.split import (
+    SPLIT_COLUMN,
+    check_splits,
+    encode_labels,
+    entity_splits,
+    label_rate,
+    resolve_split,
+    split_dates,
+)
 
 log = logging.getLogger(__name__)
 
 
-def scan_extract(extract_dir: str) -> tuple[pl.LazyFrame, pl.LazyFrame | None]:
-    """Lazy frames over an extract's events and (when it has them) entities, in the canonical layout."""
+def scan_extract(extract_dir: str, kind: str = "events") -> tuple[pl.LazyFrame | None, pl.LazyFrame | None]:
+    """Lazy frames over an extract's events and entities (None where it has none), canonical layout."""
+    if kind == FEATURE_TABLE_SOURCE:  # a ready-made feature table: its columns travel in the spine
+        return None, None
     events = storage.scan_parquet(storage.join_uri(extract_dir, EVENTS_DIR, "*.parquet"))
     entities_uri = storage.join_uri(extract_dir, ENTITIES_FILE)
     return events, storage.scan_parquet(entities_uri) if storage.exists(entities_uri) else None
 
 
-def split_dates(snapshot_dates: Sequence[Any]) -> dict[str, list[Any]]:
-    """Time-based split: the latest snapshot date is test, the one before valid, all earlier ones train."""
-    dates = sorted(set(snapshot_dates))
-    if len(dates) < 3:
-        raise BuildError(
-            f"the labels hold {len(dates)} snapshot date(s) {[str(d) for d in dates]}: a time-based "
-            "train/valid/test split needs at least 3 (extract more history or more snapshots)"
-        )
-    return {"train": dates[:-2], "valid": [dates[-2]], "test": [dates[-1]]}
+def table_columns(extract: ExtractedData | None, spine_columns: list[str]) -> list[str]:
+    """The feature columns a ready-made feature table carries in its spine (none for an events extract)."""
+    if extract is None or extract.kind != FEATURE_TABLE_SOURCE:
+        return []
+    return [c for c in spine_columns if c not in (ENTITY, SNAPSHOT, LABEL)]
 
 
-def snapshot_hash_of(content_hash: str, config: FeatureConfig) -> str:
-    return storage.hash_json({"extract": content_hash, "config": config.to_dict(), "code": FEATURE_CODE_VERSION})
+def prepare_spec(
+    spec: FeatureSpec | None,
+    events: pl.LazyFrame | None,
+    entities: pl.LazyFrame | None,
+    spine: pl.LazyFrame,
+    extract: ExtractedData,
+) -> FeatureSpec:
+    """The given spec, or the inferred one, checked against the data (SpecError naming the user's column)."""
+    spine_schema = spine.collect_schema()
+    table = table_columns(extract, spine_schema.names())
+    spec = spec or infer_spec(events, entities, spine, table)
+    check_spec(
+        spec,
+        events.collect_schema() if events is not None else None,
+        entities.collect_schema() if entities is not None else None,
+        pl.Schema({c: spine_schema[c] for c in table}) if table else None,
+        extract.columns,
+    )
+    return spec
+
+
+def snapshot_hash_of(
+    content_hash: str, spec: FeatureSpec | None, task: str = BINARY, split: str = "time", seed: int | None = None
+) -> str:
+    return storage.hash_json({
+        "extract": content_hash,
+        "spec": spec.to_dict() if spec is not None else "inferred",
+        "task": task,
+        "split": split,
+        "seed": seed if split == ENTITY_SPLIT else None,
+        "code": FEATURE_CODE_VERSION,
+    })
+
+
+def read_spine(extract_dir: str) -> pl.DataFrame:
+    return storage.read_parquet(storage.join_uri(extract_dir, LABELS_FILE)).with_columns(
+        pl.col(ENTITY).cast(pl.String), pl.col(SNAPSHOT).cast(pl.Datetime("us"))
+    )
 
 
 def build_features(
-    extract_dir: str, out_dir: str, snapshot_root: str, config: FeatureConfig | None = None
+    extract_dir: str,
+    out_dir: str,
+    snapshot_root: str,
+    spec: FeatureSpec | None = None,
+    task: str = BINARY,
+    split: str = AUTO_SPLIT,
+    split_seed: int = 42,
 ) -> BuildManifest:
-    """Build (or reuse) the content-addressed feature snapshot of an extract; write the step manifest."""
+    """Build (or reuse) the content-addressed feature snapshot of an extract; write the step manifest.
+
+    ``spec`` None: inferred from the extract (:func:`features.engineering.spec.infer_spec`).
+    """
     started = time.perf_counter()
-    config = config or FeatureConfig()
     extract = ExtractManifest.read(extract_dir)
-    snapshot_hash = snapshot_hash_of(extract.content_hash, config)
+    spine = read_spine(extract_dir)
+    method = resolve_split(split, spine[SNAPSHOT].dt.date().n_unique())
+    seed = split_seed if method == ENTITY_SPLIT else None
+    snapshot_hash = snapshot_hash_of(extract.content_hash, spec, task, method, seed)
     snapshot_uri = storage.join_uri(snapshot_root, snapshot_hash)
 
     if SnapshotManifest.exists(snapshot_uri):
@@ -68,67 +134,89 @@ def build_features(
         reused = True
         log.info("feature snapshot %s already built: reusing %s", snapshot_hash, snapshot_uri)
     else:
-        snapshot = build_snapshot(extract_dir, snapshot_uri, snapshot_hash, config)
+        snapshot = build_snapshot(extract_dir, extract, spine, snapshot_uri, snapshot_hash, spec, task, method, seed)
         reused = False
 
+    contents = snapshot.model_dump(include=set(SnapshotContents.model_fields) - set(Manifest.model_fields))
     manifest = BuildManifest(
+        **contents,
         outputs={split: storage.join_uri(snapshot_uri, f"{split}.parquet") for split in SPLITS},
         snapshot_uri=snapshot_uri,
-        snapshot_hash=snapshot_hash,
         reused=reused,
         extract=extract_dir,
         extract_content_hash=extract.content_hash,
         source=extract.source,
-        feature_columns=snapshot.feature_columns,
-        feature_bounds=snapshot.feature_bounds,
-        rows=snapshot.rows,
-        label_rate=snapshot.label_rate,
-        splits=snapshot.splits,
-        feature_config=snapshot.feature_config,
         seconds=round(time.perf_counter() - started, 3),
     )
     manifest.write(out_dir)
     return manifest
 
 
-def build_snapshot(extract_dir: str, snapshot_uri: str, snapshot_hash: str, config: FeatureConfig) -> SnapshotManifest:
-    """Compute the features of the labels spine, split them by time and publish the snapshot at once."""
+def build_snapshot(
+    extract_dir: str,
+    extract: ExtractManifest,
+    spine: pl.DataFrame,
+    snapshot_uri: str,
+    snapshot_hash: str,
+    spec: FeatureSpec | None,
+    task: str,
+    method: str,
+    seed: int | None,
+) -> SnapshotManifest:
+    """Compute the features of the labels spine, split them and publish the snapshot at once."""
     started = time.perf_counter()
-    events, entities = scan_extract(extract_dir)
-    spine = storage.read_parquet(storage.join_uri(extract_dir, LABELS_FILE)).select(
-        pl.col(ENTITY).cast(pl.String), pl.col(SNAPSHOT).cast(pl.Datetime("us")), pl.col(LABEL).cast(pl.Int8)
-    )
-    splits = split_dates(spine[SNAPSHOT].dt.date().unique().to_list())
-    log.info("%s label rows over %d snapshot dates", f"{spine.height:,}", sum(map(len, splits.values())))
+    events, entities = scan_extract(extract_dir, extract.kind)
+    label, classes = encode_labels(spine[LABEL], task, extract.columns.get(LABEL, LABEL))
+    spine = spine.with_columns(label)
+    snapshot_column = extract.columns.get(SNAPSHOT, SNAPSHOT)
+    dates = split_dates(spine[SNAPSHOT].dt.date().unique().to_list(), snapshot_column) if method == "time" else None
+    log.info("%s label rows over %d snapshot dates, %s split", f"{spine.height:,}",
+             spine[SNAPSHOT].dt.date().n_unique(), method)
 
-    categories = fit_categories(events, entities, config, before=spine[SNAPSHOT].max())
-    log.info("category vocabulary %s in %.1f s", {k: len(v) for k, v in categories.items()},
-             time.perf_counter() - started)
+    spec = prepare_spec(spec, events, entities, spine.lazy(), extract)
+    categories = fit_categories(events, entities, spec, before=spine[SNAPSHOT].max(), spine=spine.lazy())
+    log.info("feature spec %s; category vocabulary %s in %.1f s", spec.to_dict(),
+             {k: len(v) for k, v in categories.items()}, time.perf_counter() - started)
     # the events are streamed inside compute_features; what is left to collect is in memory already
-    table = compute_features(events, spine.lazy(), entities, config, categories).collect(engine="in-memory")
+    table = compute_features(events, spine.lazy(), entities, spec, categories).collect(engine="in-memory")
     columns = feature_columns(table)
     log.info("computed %d features for %s rows in %.1f s", len(columns), f"{table.height:,}",
              time.perf_counter() - started)
 
-    # rows are sorted by snapshot time, so each split is a contiguous (zero-copy) slice
     days = table[SNAPSHOT].dt.date()
-    n_train = int((days <= splits["train"][-1]).sum())
-    n_valid = int((days == splits["valid"][0]).sum())
-    parts = {
-        "train": table.slice(0, n_train),
-        "valid": table.slice(n_train, n_valid),
-        "test": table.slice(n_train + n_valid),
-    }
-    bounds = feature_bounds(config, categories, entities.collect_schema() if entities is not None else None)
+    if dates is not None:
+        # rows are sorted by snapshot time, so each split is a contiguous (zero-copy) slice
+        n_train = int((days <= dates["train"][-1]).sum())
+        n_valid = int((days == dates["valid"][0]).sum())
+        parts = {
+            "train": table.slice(0, n_train),
+            "valid": table.slice(n_train, n_valid),
+            "test": table.slice(n_train + n_valid),
+        }
+        splits = {name: [d.isoformat() for d in values] for name, values in dates.items()}
+    else:
+        assigned = table.join(entity_splits(spine, seed or 0, task), on=ENTITY, how="left", maintain_order="left")
+        parts = {name: assigned.filter(pl.col(SPLIT_COLUMN) == name).drop(SPLIT_COLUMN) for name in SPLITS}
+        splits = {name: sorted({d.isoformat() for d in part[SNAPSHOT].dt.date().unique()}) for name, part in
+                  parts.items()}
+    check_splits({name: part.height for name, part in parts.items()}, method)
+    entity_schema = entities.collect_schema() if entities is not None else None
+    table_schema = pl.Schema({c: spine.schema[c] for c in spec.table_columns if c in spine.schema})
+    bounds = feature_bounds(spec, categories, entity_schema, table_schema)
     snapshot = SnapshotManifest(
         outputs={name: storage.join_uri(snapshot_uri, f"{name}.parquet") for name in parts},
         snapshot_hash=snapshot_hash,
         feature_columns=columns,
         feature_bounds={column: bounds[column] for column in columns},
         rows={name: part.height for name, part in parts.items()},
-        label_rate={name: float(part[LABEL].mean()) if part.height else 0.0 for name, part in parts.items()},
-        splits={name: [d.isoformat() for d in days] for name, days in splits.items()},
-        feature_config=config.to_dict(),
+        label_rate={name: label_rate(part[LABEL], task) for name, part in parts.items()},
+        splits=splits,
+        feature_config=spec.to_dict(),
+        task=task,
+        classes=classes,
+        split_method=method,
+        split_seed=seed,
+        columns=extract.columns,
         categories=categories,
         code_version=FEATURE_CODE_VERSION,
         build_seconds=round(time.perf_counter() - started, 3),
