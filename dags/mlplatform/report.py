@@ -7,7 +7,14 @@ from typing import Any
 
 from mlcontract import layout, storage
 from mlcontract.errors import MissingManifest
-from mlcontract.manifests import BuildManifest, ExtractManifest, GateManifest, Manifest, TrainManifest
+from mlcontract.manifests import (
+    BuildManifest,
+    EvaluateManifest,
+    ExtractManifest,
+    GateManifest,
+    Manifest,
+    TrainManifest,
+)
 from mlcontract.names import CHAMPION
 from mlcontract.source import mask_uri
 
@@ -42,11 +49,13 @@ def write_run_summary(settings: Settings, *, decision: dict, best_trial: dict) -
     extract = finished("extract", ExtractManifest)
     build = finished("build_features", BuildManifest)
     train = finished("train_model", TrainManifest)
+    evaluation = finished("evaluate", EvaluateManifest)
     summary = {
         "dag_id": dag_id,
         "run_id": run_id,
         "rows": {**pick(extract, extracted="rows"), **pick(build, features="rows")},
-        "snapshot": pick(build, hash="snapshot_hash", uri="snapshot_uri", reused="reused"),
+        "snapshot": pick(build, hash="snapshot_hash", uri="snapshot_uri", reused="reused", task="task",
+                         classes="classes", split_method="split_method"),
         "gates": {
             "raw": gate_summary(finished("validate_raw", GateManifest)),
             "features": gate_summary(finished("validate_features", GateManifest)),
@@ -54,7 +63,10 @@ def write_run_summary(settings: Settings, *, decision: dict, best_trial: dict) -
         "best_trial": best_trial,
         "model": {
             "name": settings.registered_model_name,
-            **pick(train, version="model_version", uri="model_uri", mlflow_run_id="mlflow_run_id", metrics="metrics"),
+            **pick(train, version="model_version", uri="model_uri", mlflow_run_id="mlflow_run_id", task="task",
+                   metrics="metrics"),
+            # the naive baseline's test metrics: what a lower-is-better promotion metric had to beat
+            "baseline": evaluation.baseline if evaluation else None,
         },
         "decision": decision,
         "champion_version": alias_version(settings.mlflow_tracking_uri, settings.registered_model_name, CHAMPION),

@@ -12,16 +12,16 @@ from typing import Any
 from mlcontract import layout
 from mlcontract.manifests import EvaluateManifest, ModelEvaluation, TrainManifest, TrialManifest
 from mlcontract.names import AB_TEST, FULL
-from mlcontract.rules import PROMOTE, Decision, Score, decide_promotion
+from mlcontract.rules import PROMOTE, Decision, Score, TaskMetric, decide_promotion, task_metric
 
 from mlplatform import deployment, registry
 from mlplatform.settings import Settings, load_settings
 from mlplatform.steps import read_step_manifest
 from mlplatform.xcom import renders_as
 
-PROMOTION_METRIC = "auc"  # of the evaluate step's test-set metrics
 SAMPLE_MODEL_VERSION = "7"
-SAMPLE_BEST_TRIAL = {"trial": 0, "valid_auc": 0.0, "params": {"max_depth": 6, "learning_rate": 0.05}}
+SAMPLE_BEST_TRIAL = {"trial": 0, "metric": "auc", "valid_metric": 0.0, "higher_is_better": True, "valid_auc": 0.0,
+                     "params": {"max_depth": 6, "learning_rate": 0.05}}
 
 
 @renders_as(SAMPLE_MODEL_VERSION)
@@ -56,33 +56,57 @@ def sample_trials(context: dict[str, Any]) -> list[list[str]]:
 
 
 def best_trial(trials: list[TrialManifest]) -> dict[str, Any]:
-    """Best trial by validation AUC; ties go to the lower trial index so reruns choose the same."""
-    index = max(range(len(trials)), key=lambda i: (trials[i].valid_auc, -i))
-    return {"trial": index, "valid_auc": trials[index].valid_auc, "params": trials[index].params}
+    """Best trial by its validation metric in the metric's direction (AUC highest, log loss and RMSE lowest);
+    ties go to the lower trial index so reruns choose the same."""
+
+    def rank(i: int) -> tuple[float, int]:
+        trial = trials[i]
+        return (trial.valid_metric if trial.higher_is_better else -trial.valid_metric, -i)
+
+    index = max(range(len(trials)), key=rank)
+    best = trials[index]
+    return {"trial": index, "metric": best.metric, "valid_metric": best.valid_metric,
+            "higher_is_better": best.higher_is_better, "valid_auc": best.valid_auc, "params": best.params}
 
 
 def select_best_trial(n_trials: int) -> dict[str, Any]:
     trials = [read_step_manifest("train_trial", TrialManifest, map_index=i) for i in range(n_trials)]
     best = best_trial(trials)
-    print(f"best trial {best['trial']} of {len(trials)}: valid AUC {best['valid_auc']:.4f} params {best['params']}")
+    print(f"best trial {best['trial']} of {len(trials)}: valid {best['metric']} {best['valid_metric']:.4f} "
+          f"params {best['params']}")
     return best
 
 
-def score(evaluation: ModelEvaluation, rows: int) -> Score:
-    """A model's test-set score as the promotion rule compares it."""
+def score(evaluation: ModelEvaluation, rows: int, metric: str = "auc") -> Score:
+    """A model's test-set value of ``metric`` as the promotion rule compares it."""
     metrics = evaluation.metrics or {}
-    value = metrics.get(PROMOTION_METRIC)
+    value = metrics.get(metric)
     return Score(version=evaluation.version, value=None if value is None else float(value), rows=rows,
                  comparable=evaluation.comparable and value is not None, reason=evaluation.reason)
 
 
+def promotion_threshold(evaluation: EvaluateManifest, task: TaskMetric, minimum: float) -> float:
+    """What the challenger must clear: the ``promotion_threshold`` Param (a minimum AUC) for binary models;
+    the naive baseline's test value for lower-is-better metrics (:data:`mlcontract.rules.TASK_METRICS`)."""
+    if task.higher_is_better:
+        return minimum
+    baseline = (evaluation.baseline or {}).get(task.name)
+    if baseline is None:
+        raise ValueError(f"the evaluate manifest has no naive-baseline {task.name}: rerun evaluate")
+    return float(baseline)
+
+
 def promotion_decision(evaluation: EvaluateManifest, *, threshold: float, margin: float) -> Decision:
-    """The promotion rule on the challenger's and champion's metrics on the same test set."""
+    """The promotion rule on the challenger's and champion's test metric (the task's) on the same test set;
+    ``threshold`` is the minimum of a higher-is-better metric, ``margin`` the Param (relative when lower is
+    better)."""
+    task = task_metric(evaluation.task)
     champion = evaluation.champion
     return decide_promotion(
-        score(evaluation.challenger, evaluation.test_rows),
-        score(champion, evaluation.test_rows) if champion is not None else None,
-        threshold=threshold, margin=margin, metric=f"test_{PROMOTION_METRIC}",
+        score(evaluation.challenger, evaluation.test_rows, task.name),
+        score(champion, evaluation.test_rows, task.name) if champion is not None else None,
+        threshold=promotion_threshold(evaluation, task, threshold), margin=margin, metric=f"test_{task.name}",
+        task=task,
     )
 
 

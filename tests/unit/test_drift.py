@@ -75,3 +75,25 @@ def test_reference_is_json_and_scores_use_fixed_bins():
     assert reference["feature_columns"] == ["a", "b"]
     assert reference["score"]["cuts"] == pytest.approx([0.1 * i for i in range(1, 10)])
     assert sum(reference["features"]["a"]["proportions"]) == pytest.approx(1.0)
+
+
+def test_predicted_class_shares_and_their_psi():
+    reference = drift.category_distribution(["a", "b", "b", "c"], ["a", "b", "c"])
+    assert reference["proportions"] == [0.25, 0.5, 0.25, 0.0] and reference["rows"] == 4
+    assert drift.category_psi_against(reference, ["a", "b", "b", "c"] * 10) == 0.0
+    # a class the model never predicted before lands in the last ("other") bin, and shows as drift
+    assert drift.category_psi_against(reference, ["a", "a", "a", "z"]) > 0.2
+
+
+def test_regression_reference_bins_the_predictions_by_their_quantiles():
+    rng = np.random.default_rng(3)
+    predictions = rng.normal(loc=50.0, scale=10.0, size=1000)
+    reference = drift.build_reference({"a": rng.normal(size=1000)}, predictions, task="regression")
+    assert reference["task"] == "regression" and "predicted_class" not in reference
+    assert len(reference["score"]["cuts"]) == 9 and 30 < reference["score"]["cuts"][0] < 50
+    assert drift.psi_against(reference["score"], rng.normal(loc=50.0, scale=10.0, size=1000)) < 0.05
+    assert drift.psi_against(reference["score"], rng.normal(loc=60.0, scale=10.0, size=1000)) > 0.2
+    multiclass = drift.build_reference({"a": [1.0, 2.0]}, [0.5, 0.9], task="multiclass",
+                                       predicted_classes=["x", "y"], classes=["x", "y", "z"])
+    assert multiclass["score"]["cuts"] == drift.SCORE_CUTS
+    assert multiclass["predicted_class"]["proportions"] == [0.5, 0.5, 0.0, 0.0]

@@ -24,7 +24,8 @@ def trial(index: int, valid_auc: float) -> TrialManifest:
 
 def test_best_trial_is_the_highest_valid_auc_and_ties_go_to_the_lower_index():
     best = training.best_trial([trial(0, 0.70), trial(1, 0.75), trial(2, 0.75)])
-    assert best == {"trial": 1, "valid_auc": 0.75, "params": {"max_depth": 1}}
+    assert best == {"trial": 1, "metric": "auc", "valid_metric": 0.75, "higher_is_better": True, "valid_auc": 0.75,
+                    "params": {"max_depth": 1}}
 
 
 def evaluation(challenger_auc: float, champion: ModelEvaluation | None) -> EvaluateManifest:

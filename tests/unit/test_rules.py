@@ -9,10 +9,12 @@ from mlcontract.rules import (
     PROMOTE,
     REJECT,
     ROLLBACK,
+    TASK_METRICS,
     Score,
     decide_ab,
     decide_promotion,
     decide_rollback,
+    task_metric,
 )
 
 
@@ -114,3 +116,52 @@ def test_ab_keeps_the_champion_when_the_challenger_arm_is_worse():
 def test_ab_waits_for_enough_labelled_rows_in_both_arms():
     assert decide_ab(auc("4", 0.70), auc("6", 0.90, rows=50), margin=0.0, min_rows=100).action == INSUFFICIENT
     assert decide_ab(auc("4", math.nan), auc("6", 0.90), margin=0.0, min_rows=100).action == INSUFFICIENT
+
+
+# --- lower-is-better metrics (multiclass log loss, regression RMSE) ----------------------------------------
+
+LOG_LOSS = TASK_METRICS["multiclass"]
+
+
+def lower(challenger: float, champion: float | None, *, baseline: float = 1.0, margin: float = 0.0):
+    return decide_promotion(Score(version="2", value=challenger),
+                            None if champion is None else Score(version="1", value=champion),
+                            threshold=baseline, margin=margin, metric="test_log_loss", task=LOG_LOSS)
+
+
+def test_the_task_table_names_each_tasks_metric_and_direction():
+    assert {task: (m.name, m.higher_is_better) for task, m in TASK_METRICS.items()} == {
+        "binary": ("auc", True), "multiclass": ("log_loss", False), "regression": ("rmse", False)}
+    assert task_metric("regression").name == "rmse"
+    with pytest.raises(ValueError, match="ranking"):
+        task_metric("ranking")
+
+
+def test_a_lower_is_better_first_model_must_beat_the_naive_baseline():
+    decision = lower(0.62, None, baseline=0.69)
+    assert decision.action == PROMOTE and "naive baseline 0.6900" in decision.reason
+    assert decision.higher_is_better is False and decision.threshold == 0.69
+    assert lower(0.69, None, baseline=0.69).action == REJECT  # equal is not beating it
+    rejected = lower(0.75, None, baseline=0.69)
+    assert rejected.action == REJECT and "does not beat the naive baseline" in rejected.reason
+
+
+def test_a_lower_is_better_margin_is_relative_to_the_champion():
+    # champion 0.50, margin 2 %: the challenger needs <= 0.49
+    assert lower(0.49, 0.50, margin=0.02).action == PROMOTE
+    rejected = lower(0.495, 0.50, margin=0.02)
+    assert rejected.action == REJECT and "needs <= 0.4900" in rejected.reason
+    assert lower(0.51, 0.50).action == REJECT  # worse, even with no margin
+    assert "+2.00%" in lower(0.49, 0.50, margin=0.01).reason
+
+
+def test_lower_is_better_rollback_and_ab_use_the_relative_margin():
+    rmse = TASK_METRICS["regression"]
+    worse_champion = decide_rollback(auc("5", 10.0), auc("4", 9.0), margin=0.05, min_rows=100, metric="rmse",
+                                     task=rmse)
+    assert worse_champion.action == ROLLBACK and worse_champion.higher_is_better is False
+    assert "+10.00%" in worse_champion.reason
+    assert decide_rollback(auc("5", 10.0), auc("4", 9.6), margin=0.05, min_rows=100, task=rmse).action == KEEP
+    assert decide_rollback(auc("5", 9.0), auc("4", 10.0), margin=0.0, min_rows=100, task=rmse).action == KEEP
+    assert decide_ab(auc("4", 10.0), auc("6", 9.8), margin=0.02, min_rows=100, task=rmse).action == PROMOTE
+    assert decide_ab(auc("4", 10.0), auc("6", 9.9), margin=0.02, min_rows=100, task=rmse).action == KEEP

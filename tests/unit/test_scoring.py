@@ -160,6 +160,7 @@ def predictions_frame(n: int = 200, score_date: str = "2026-09-01", run: str = "
         "entity_id": [f"C{i:05d}" for i in range(n)],
         "score_date": pl.Series([score_date] * n).str.to_date(),
         "score": rng.beta(2, 5, n),
+        "predicted_class": ["0"] * n,
         "model_name": [MODEL] * n,
         "model_version": ["3"] * n,
         "alias": ["champion"] * n,
@@ -313,8 +314,9 @@ def test_score_pins_the_champion_version_and_splits_the_ab_arm(tmp_path, mlflow_
     manifest = score("ab", "--expect-version", champion["model_version"], "--ab-challenger-share", "0.3",
                      "--challenger-version", challenger["model_version"])
     predictions = pl.read_parquet(manifest.outputs["predictions"])
-    assert predictions.columns == ["entity_id", "score_date", "score", "model_name", "model_version", "alias",
-                                   "dag_run_id"]
+    assert predictions.columns == ["entity_id", "score_date", "score", "predicted_class", "model_name",
+                                   "model_version", "alias", "dag_run_id"]
+    assert predictions["predicted_class"].to_list() == ["1" if p >= 0.5 else "0" for p in predictions["score"]]
     assert predictions["score"].dtype == pl.Float64 and predictions.height == test_split.height
     arms = assign_arms(predictions["entity_id"], 0.3, salt="churn-score")
     assert (predictions["alias"] == "challenger").to_list() == arms.tolist()

@@ -24,8 +24,13 @@ PREDICTIONS_FILE = "predictions.parquet"
 VALIDATION_FILE = "validation.json"
 PART_PREFIX = "part-"
 
-# Published predictions: one row per entity and score date
-PREDICTION_COLUMNS = ("entity_id", "score_date", "score", "model_name", "model_version", "alias", "dag_run_id")
+# Published predictions: one row per entity and score date. score: binary P(class 1), multiclass
+# P(predicted class), regression the predicted value; predicted_class: binary "0"/"1" at the threshold,
+# multiclass the user's class label, regression null
+PREDICTED_CLASS = "predicted_class"
+PREDICTION_COLUMNS = (
+    "entity_id", "score_date", "score", PREDICTED_CLASS, "model_name", "model_version", "alias", "dag_run_id",
+)
 DEFAULT_PREDICTIONS_TABLE = "churn_predictions"
 
 # Registry aliases (MLflow aliases, never stages)

@@ -9,6 +9,11 @@ training DAG, the monitor step and the monitoring DAG record, log and audit them
   rows by more than ``margin``.
 - A/B test: the challenger arm (candidate) does at least as well as the champion arm (incumbent) plus
   ``margin``, both arms having enough labelled rows.
+
+The metric and its direction follow the task (:data:`TASK_METRICS`): binary models compare AUC (higher is
+better, ``threshold`` a minimum AUC, ``margin`` the AUC to add); multiclass models log loss and regression
+models RMSE (lower is better: ``threshold`` is the naive baseline's value, which must be beaten, and
+``margin`` the relative improvement over the incumbent, 0.01 = 1 % lower).
 """
 
 from __future__ import annotations
@@ -18,8 +23,67 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from mlcontract.names import BINARY, MULTICLASS, REGRESSION
+
 PROMOTE, REJECT, ROLLBACK, KEEP, INSUFFICIENT = "promote", "reject", "rollback", "keep", "insufficient_data"
 Action = Literal["promote", "reject", "rollback", "keep", "insufficient_data"]
+
+
+class TaskMetric(BaseModel):
+    """How a task's models are compared: the metric (a key of the evaluate step's metrics) and its direction.
+
+    Higher is better: ``threshold`` is a minimum and the margin is added to the incumbent's value. Lower is
+    better: ``threshold`` is the naive baseline's value (strictly beaten) and the margin is relative, the
+    incumbent's value times ``1 - margin``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    name: str
+    higher_is_better: bool
+
+    @property
+    def threshold_kind(self) -> str:
+        return "threshold" if self.higher_is_better else "naive baseline"
+
+    def required(self, incumbent: float, margin: float) -> float:
+        """The value a candidate must reach to beat ``incumbent`` by ``margin``."""
+        return incumbent + margin if self.higher_is_better else incumbent * (1.0 - margin)
+
+    def reaches(self, value: float, required: float) -> bool:
+        return value >= required if self.higher_is_better else value <= required
+
+    def beyond(self, value: float, required: float) -> bool:
+        return value > required if self.higher_is_better else value < required
+
+    def clears(self, value: float, threshold: float) -> bool:
+        """A minimum is reached; a naive baseline must be beaten."""
+        return self.reaches(value, threshold) if self.higher_is_better else self.beyond(value, threshold)
+
+    def gain(self, value: float, incumbent: float) -> str:
+        """How much better ``value`` is than ``incumbent``, as the margin measures it."""
+        if self.higher_is_better:
+            return f"{value - incumbent:+.4f}"
+        return f"{(incumbent - value) / incumbent:+.2%}" if incumbent else "n/a"
+
+    def margin_text(self, margin: float) -> str:
+        return f"{margin:.4f}" if self.higher_is_better else f"{margin:.2%} relative"
+
+
+# The one table of what each task is judged on (promotion, rollback, A/B test).
+TASK_METRICS: dict[str, TaskMetric] = {
+    BINARY: TaskMetric(task=BINARY, name="auc", higher_is_better=True),
+    MULTICLASS: TaskMetric(task=MULTICLASS, name="log_loss", higher_is_better=False),
+    REGRESSION: TaskMetric(task=REGRESSION, name="rmse", higher_is_better=False),
+}
+
+
+def task_metric(task: str) -> TaskMetric:
+    try:
+        return TASK_METRICS[task]
+    except KeyError:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_METRICS)}") from None
 
 
 class Score(BaseModel):
@@ -55,6 +119,8 @@ class Decision(BaseModel):
     margin: float
     threshold: float | None = None
     min_rows: int | None = None
+    # the metric's direction; lower-is-better rules use a relative margin and a naive-baseline threshold
+    higher_is_better: bool = True
 
     @property
     def acts(self) -> bool:
@@ -68,46 +134,65 @@ def _check_margin(margin: float) -> None:
 
 
 def decide_promotion(
-    challenger: Score, champion: Score | None, *, threshold: float, margin: float, metric: str = "test_auc"
+    challenger: Score,
+    champion: Score | None,
+    *,
+    threshold: float,
+    margin: float,
+    metric: str = "test_auc",
+    task: TaskMetric = TASK_METRICS[BINARY],
 ) -> Decision:
     """Promote when the challenger clears ``threshold`` AND beats a comparable champion by ``margin``."""
     _check_margin(margin)
 
     def decision(action: Action, reason: str) -> Decision:
         return Decision(rule="promotion", action=action, reason=reason, metric=metric, candidate=challenger,
-                        incumbent=champion, margin=margin, threshold=threshold)
+                        incumbent=champion, margin=margin, threshold=threshold,
+                        higher_is_better=task.higher_is_better)
 
     value = challenger.value
+    kind = task.threshold_kind
     if value is None or math.isnan(value):  # NaN never promotes
         return decision(REJECT, f"challenger {metric} is missing or NaN")
-    if value < threshold:
-        return decision(REJECT, f"challenger {metric} {value:.4f} is below the threshold {threshold:.4f}")
+    if not task.clears(value, threshold):
+        if task.higher_is_better:
+            return decision(REJECT, f"challenger {metric} {value:.4f} is below the threshold {threshold:.4f}")
+        return decision(REJECT, f"challenger {metric} {value:.4f} does not beat the naive baseline {threshold:.4f}")
+    clears = f"clears the {kind} {threshold:.4f}"
     if champion is None or not champion.usable:
         why = "first model" if champion is None else f"champion not comparable ({champion.reason})"
-        return decision(PROMOTE, f"{why}: {metric} {value:.4f} clears the threshold {threshold:.4f}")
-    required = champion.value + margin
-    if value < required:
+        return decision(PROMOTE, f"{why}: {metric} {value:.4f} {clears}")
+    required = task.required(champion.value, margin)
+    if not task.reaches(value, required):
         return decision(
             REJECT,
             f"challenger {metric} {value:.4f} does not beat champion {champion.value:.4f} "
-            f"by the margin {margin:.4f} (needs >= {required:.4f})",
+            f"by the margin {task.margin_text(margin)} (needs {'>=' if task.higher_is_better else '<='} "
+            f"{required:.4f})",
         )
     return decision(
         PROMOTE,
         f"challenger {metric} {value:.4f} beats champion {champion.value:.4f} by "
-        f"{value - champion.value:+.4f} (margin {margin:.4f}) and clears the threshold {threshold:.4f}",
+        f"{task.gain(value, champion.value)} (margin {task.margin_text(margin)}) and {clears}",
     )
 
 
 def decide_rollback(
-    champion: Score | None, previous: Score | None, *, margin: float, min_rows: int, metric: str = "auc"
+    champion: Score | None,
+    previous: Score | None,
+    *,
+    margin: float,
+    min_rows: int,
+    metric: str = "auc",
+    task: TaskMetric = TASK_METRICS[BINARY],
 ) -> Decision:
     """Roll back when the previous champion, scored on the same rows, is better by more than ``margin``."""
     _check_margin(margin)
 
     def decision(action: Action, reason: str) -> Decision:
         return Decision(rule="rollback", action=action, reason=reason, metric=metric, candidate=previous,
-                        incumbent=champion, margin=margin, min_rows=min_rows)
+                        incumbent=champion, margin=margin, min_rows=min_rows,
+                        higher_is_better=task.higher_is_better)
 
     if champion is None or champion.value is None:
         return decision(KEEP, f"no realised champion {metric} yet (labels not available)")
@@ -117,43 +202,45 @@ def decide_rollback(
         return decision(KEEP, f"{previous.label('previous champion')} not comparable: {previous.reason}")
     if (champion.rows or 0) < min_rows:
         return decision(KEEP, f"only {champion.rows or 0} labelled rows (< {min_rows})")
-    gap = previous.value - champion.value
-    if gap > margin:
+    compared = (
+        f"{champion.label('champion')} {metric} {champion.value:.4f} vs "
+        f"{previous.label('previous champion')} {previous.value:.4f}"
+    )
+    if task.beyond(previous.value, task.required(champion.value, margin)):
         return decision(
             ROLLBACK,
-            f"{champion.label('champion')} {metric} {champion.value:.4f} is below "
-            f"{previous.label('previous champion')} {metric} {previous.value:.4f} by {gap:.4f} (> margin {margin})",
+            f"{compared}: the previous champion is better by {task.gain(previous.value, champion.value)} "
+            f"(> margin {task.margin_text(margin)})",
         )
-    return decision(
-        KEEP,
-        f"{champion.label('champion')} {metric} {champion.value:.4f} vs {previous.label('previous champion')} "
-        f"{previous.value:.4f}: within the margin {margin}",
-    )
+    return decision(KEEP, f"{compared}: within the margin {task.margin_text(margin)}")
 
 
 def decide_ab(
-    champion_arm: Score, challenger_arm: Score, *, margin: float, min_rows: int, metric: str = "auc"
+    champion_arm: Score,
+    challenger_arm: Score,
+    *,
+    margin: float,
+    min_rows: int,
+    metric: str = "auc",
+    task: TaskMetric = TASK_METRICS[BINARY],
 ) -> Decision:
     """Promote the challenger arm when it beats the champion arm by ``margin`` on enough labelled rows."""
     _check_margin(margin)
 
     def decision(action: Action, reason: str) -> Decision:
         return Decision(rule="ab_test", action=action, reason=reason, metric=metric, candidate=challenger_arm,
-                        incumbent=champion_arm, margin=margin, min_rows=min_rows)
+                        incumbent=champion_arm, margin=margin, min_rows=min_rows,
+                        higher_is_better=task.higher_is_better)
 
     rows = min(champion_arm.rows or 0, challenger_arm.rows or 0)
     if rows < min_rows:
         return decision(INSUFFICIENT, f"an arm has only {rows} labelled rows (< {min_rows})")
     if not champion_arm.usable or not challenger_arm.usable:
-        return decision(INSUFFICIENT, f"an arm has no {metric} (one class only in its labels)")
-    if challenger_arm.value >= champion_arm.value + margin:
-        return decision(
-            PROMOTE,
-            f"challenger arm {metric} {challenger_arm.value:.4f} >= champion arm {champion_arm.value:.4f} "
-            f"+ margin {margin}",
-        )
-    return decision(
-        KEEP,
-        f"challenger arm {metric} {challenger_arm.value:.4f} < champion arm {champion_arm.value:.4f} "
-        f"+ margin {margin}",
+        return decision(INSUFFICIENT, f"an arm has no {metric} (e.g. one class only in its labels)")
+    compared = (
+        f"challenger arm {metric} {challenger_arm.value:.4f} vs champion arm {champion_arm.value:.4f} "
+        f"(margin {task.margin_text(margin)})"
     )
+    if task.reaches(challenger_arm.value, task.required(champion_arm.value, margin)):
+        return decision(PROMOTE, f"{compared}: the challenger arm does at least as well plus the margin")
+    return decision(KEEP, f"{compared}: the challenger arm does not beat the champion arm by the margin")

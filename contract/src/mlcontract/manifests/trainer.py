@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from mlcontract.manifests.base import Manifest
 from mlcontract.rules import Decision, Score
+
+Task = Literal["binary", "multiclass", "regression"]
 
 
 class TrialManifest(Manifest):
@@ -17,13 +19,26 @@ class TrialManifest(Manifest):
     params: dict[str, Any]
     seed: int
     trial_index: int | None = None
-    valid_auc: float
+    task: Task = "binary"
+    # the early-stopping metric on the valid split (xgboost's name: auc, mlogloss, rmse) and its direction
+    valid_metric: float
+    metric: str = "auc"
+    higher_is_better: bool = True
+    valid_auc: float | None = None  # binary only: the same as valid_metric, kept for readers of older runs
     best_iteration: int
     rounds: int
     device: str
     snapshot_hash: str
     rows: dict[str, int]
     fit_seconds: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_from_auc(cls, data: Any) -> Any:
+        # manifests written before tasks existed hold only valid_auc
+        if isinstance(data, dict) and data.get("valid_metric") is None and data.get("valid_auc") is not None:
+            data = {**data, "valid_metric": data["valid_auc"]}
+        return data
 
 
 class TrainManifest(Manifest):
@@ -37,6 +52,8 @@ class TrainManifest(Manifest):
     model_name: str
     logged_model_uri: str
     mlflow_run_id: str
+    task: Task = "binary"
+    classes: list[str] | None = None  # multiclass: the user's class labels, by class index
     metrics: dict[str, float | int]
     threshold: float
     params: dict[str, Any]
@@ -72,6 +89,10 @@ class EvaluateManifest(Manifest):
     snapshot_hash: str
     test_rows: int
     threshold: float
+    task: Task = "binary"
+    # the naive baseline (the train split's class prior / mean, predicted for every row) on the same rows:
+    # what a lower-is-better promotion metric must beat
+    baseline: dict[str, float | int] | None = None
     challenger: ModelEvaluation
     champion: ModelEvaluation | None = None
 
@@ -85,6 +106,8 @@ class ScoreManifest(Manifest):
     alias: str
     model_version: str
     model_run_id: str | None = None
+    task: Task = "binary"
+    classes: list[str] | None = None  # multiclass: the values predicted_class may take
     versions: dict[str, str]
     ab_challenger_share: float
     score_date: str
@@ -106,22 +129,36 @@ class MonitorThresholds(BaseModel):
     ab_margin: float = 0.0
 
 
-class RealisedAUC(BaseModel):
-    """A model's AUC on the score date's labelled rows, or why there is none."""
+class RealisedMetric(BaseModel):
+    """A model's value of its task's metric (``metric``: auc, log_loss, rmse) on the score date's labelled
+    rows, or why there is none."""
 
     model_config = ConfigDict(extra="forbid")
 
     version: str | None
-    auc: float | None = None
+    metric: str = "auc"
+    value: float | None = None
+    auc: float | None = None  # binary: the same as value
     rows: int = 0
     positive_rate: float | None = None
     comparable: bool = True
     reason: str | None = None  # why the model could not be scored on these rows
     source: str | None = None  # the champion's scores: "predictions", "rescored", or why neither
 
+    @model_validator(mode="before")
+    @classmethod
+    def _value_from_auc(cls, data: Any) -> Any:
+        # reports written before tasks existed hold only auc
+        if isinstance(data, dict) and data.get("value") is None and data.get("auc") is not None:
+            data = {**data, "value": data["auc"]}
+        return data
+
     def score(self) -> Score:
-        return Score(version=self.version, value=self.auc, rows=self.rows, comparable=self.comparable,
+        return Score(version=self.version, value=self.value, rows=self.rows, comparable=self.comparable,
                      reason=self.reason)
+
+
+RealisedAUC = RealisedMetric  # the name before tasks other than binary existed
 
 
 class Realised(BaseModel):
@@ -129,8 +166,8 @@ class Realised(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    champion: RealisedAUC | None = None
-    previous: RealisedAUC | None = None
+    champion: RealisedMetric | None = None
+    previous: RealisedMetric | None = None
 
 
 class MonitorManifest(Manifest):
@@ -142,22 +179,26 @@ class MonitorManifest(Manifest):
     - ``rows``: ``predictions``, ``champion_arm``, ``features``, ``labels``.
     - drift: ``drift_evaluated`` (False with the reason in ``drift_note``), ``psi`` per feature,
       ``breached_features`` (PSI above ``thresholds.psi``, worst first), ``missing_features``,
-      ``prediction_psi``, ``drift_detected``; ``reference`` names the model version whose training
-      reference was used (``version``, ``run_id``, ``artifact``).
+      ``prediction_psi`` (of ``score``: binary/multiclass over fixed bins of [0, 1], regression over the
+      test predictions' quantile bins), ``predicted_class_psi`` (multiclass), ``drift_detected``;
+      ``reference`` names the model version whose training reference was used (``version``, ``run_id``,
+      ``artifact``).
     - ``labels_source``: the warehouse source of the labels (the ``extract-labels`` manifest's ``source``).
-    - ``realised``: ``champion`` and ``previous`` (:class:`RealisedAUC`), None before labels exist.
+    - ``task``: the champion's task, which decides the metric of ``realised``, ``rollback`` and ``ab``.
+    - ``realised``: ``champion`` and ``previous`` (:class:`RealisedMetric`), None before labels exist.
     - ``rollback``: a :class:`~mlcontract.rules.Decision` (``rule="rollback"``); roll back when
       ``rollback.action == "rollback"`` (``rollback.acts``), ``rollback.reason`` says why (not);
       ``rollback.incumbent`` is the judged champion, ``rollback.candidate`` the previous champion.
     - ``ab``: the A/B test's :class:`~mlcontract.rules.Decision` (``rule="ab_test"``), None unless the
       predictions hold both arms and labels exist: ``ab.action`` is ``promote``, ``keep`` or
       ``insufficient_data``; ``ab.incumbent`` is the champion arm and ``ab.candidate`` the challenger arm
-      (``version`` = the versions that served the arm, ``value`` = AUC, ``rows`` = labelled rows);
+      (``version`` = the versions that served the arm, ``value`` = the task's metric, ``rows`` = labelled rows);
       ``ab.margin``, ``ab.min_rows``.
     """
 
     step: Literal["monitor"] = "monitor"
     model_name: str
+    task: Task = "binary"
     score_date: str
     rows: dict[str, int]
     reference: dict[str, str | None]
@@ -169,6 +210,7 @@ class MonitorManifest(Manifest):
     breached_features: list[str]
     missing_features: list[str]
     prediction_psi: float | None = None
+    predicted_class_psi: float | None = None  # multiclass: PSI of the predicted-class shares
     drift_detected: bool
     labels_source: dict[str, Any] | None = None
     labels_available: bool

@@ -13,7 +13,13 @@ import sqlalchemy as sa
 from mlcontract import layout, storage
 from mlcontract.errors import SourceError
 from mlcontract.manifests import PredictionsManifest, PublishManifest, ScoreManifest
-from mlcontract.names import DEFAULT_PREDICTIONS_TABLE, FEATURES_FILE, PREDICTION_COLUMNS, PREDICTIONS_FILE
+from mlcontract.names import (
+    DEFAULT_PREDICTIONS_TABLE,
+    FEATURES_FILE,
+    PREDICTED_CLASS,
+    PREDICTION_COLUMNS,
+    PREDICTIONS_FILE,
+)
 from mlcontract.source import check_identifier
 
 from features.errors import ScoringError
@@ -39,6 +45,7 @@ def predictions_table(name: str, metadata: sa.MetaData) -> sa.Table:
         sa.Column("entity_id", sa.Text, nullable=False),
         sa.Column("score_date", sa.Date, nullable=False),
         sa.Column("score", sa.Float(precision=53), nullable=False),
+        sa.Column(PREDICTED_CLASS, sa.Text, nullable=True),  # null for regression
         sa.Column("model_name", sa.Text, nullable=False),
         sa.Column("model_version", sa.Text, nullable=False),
         sa.Column("alias", sa.Text, nullable=False),
@@ -46,6 +53,17 @@ def predictions_table(name: str, metadata: sa.MetaData) -> sa.Table:
         sa.Index(f"ix_{table}_model_date", "model_name", "score_date"),
         schema=schema or None,
     )
+
+
+def add_missing_columns(conn: sa.Connection, table: sa.Table) -> None:
+    """Add the nullable columns a table created by an older release lacks (``predicted_class``)."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name, schema=table.schema)}
+    for column in table.columns:
+        if column.name not in present and column.nullable:
+            name = conn.dialect.identifier_preparer.format_table(table)
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN {column.name} {kind}"))
+            log.info("added column %s to %s", column.name, name)
 
 
 def write_predictions_table(
@@ -58,6 +76,7 @@ def write_predictions_table(
     try:
         with engine.begin() as conn:
             table.create(conn, checkfirst=True)
+            add_missing_columns(conn, table)
             deleted = 0
             for model_name, score_date in keys.iter_rows():
                 deleted += conn.execute(

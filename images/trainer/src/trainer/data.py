@@ -1,4 +1,9 @@
-"""Reading a feature snapshot: the `features build` step's manifest, then its train/valid/test splits."""
+"""Reading a feature snapshot: the `features build` step's manifest, then its train/valid/test splits.
+
+The task comes from the build manifest (``task``, and ``classes`` for multiclass): labels are 0/1 for
+binary, class indices 0..K-1 for multiclass (``classes[i]`` is the user's label of index i) and numbers for
+regression.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import polars as pl
 from mlcontract import storage
 from mlcontract.errors import StepInputError
 from mlcontract.manifests import BuildManifest
-from mlcontract.names import ENTITY, LABEL, SNAPSHOT, SPLITS
+from mlcontract.names import BINARY, ENTITY, LABEL, MULTICLASS, REGRESSION, SNAPSHOT, SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +33,7 @@ class Split:
 
     @property
     def label(self) -> np.ndarray:
-        return self.frame[LABEL].cast(pl.Float32).to_numpy()
+        return self.frame[LABEL].cast(pl.Float64).to_numpy()
 
     def __len__(self) -> int:
         return self.frame.height
@@ -52,6 +57,27 @@ class Snapshot:
     def feature_columns(self) -> list[str]:
         return self.build.feature_columns
 
+    @property
+    def task(self) -> str:
+        return self.build.task
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.build.classes
+
+    @property
+    def num_class(self) -> int | None:
+        return len(self.build.classes) if self.task == MULTICLASS and self.build.classes else None
+
+    def train_labels(self) -> np.ndarray:
+        """The train split's labels alone (for the naive baseline), without reading its features."""
+        if "train" in self.splits:
+            return self.splits["train"].label
+        uri = storage.join_uri(self.snapshot_uri, "train.parquet")
+        if not storage.exists(uri):
+            raise StepInputError(f"split 'train' not found: {uri}")
+        return storage.read_parquet(uri, columns=[LABEL])[LABEL].cast(pl.Float64).to_numpy()
+
     def __getitem__(self, name: str) -> Split:
         return self.splits[name]
 
@@ -65,6 +91,10 @@ def load_snapshot(features_dir: str, splits: tuple[str, ...] = SPLITS) -> Snapsh
     build = BuildManifest.read(features_dir)
     if not build.feature_columns:
         raise StepInputError(f"{features_dir}: build manifest lists no feature_columns")
+    if build.task == MULTICLASS and len(build.classes or []) < 2:
+        raise StepInputError(
+            f"{features_dir}: a multiclass snapshot must list its classes (at least 2), got {build.classes}"
+        )
     snapshot = Snapshot(features_dir=features_dir, build=build)
     for name in splits:
         snapshot.splits[name] = _read_split(snapshot, name)
@@ -88,7 +118,28 @@ def _read_split(snapshot: Snapshot, name: str) -> Split:
         raise StepInputError(f"{uri}: missing columns {missing}")
     if frame.height == 0:
         raise StepInputError(f"{uri}: split {name!r} is empty")
-    labels = set(frame[LABEL].unique().to_list())
-    if not labels <= {0, 1}:
-        raise StepInputError(f"{uri}: column {LABEL!r} must be 0/1, found {sorted(labels, key=str)[:5]}")
+    check_labels(frame[LABEL], snapshot.build, uri)
     return Split(name, frame.select(required))
+
+
+def check_labels(labels: pl.Series, build: BuildManifest, where: str) -> None:
+    """Labels as the snapshot's task stores them; the error names the user's label column."""
+    column = build.columns.get(LABEL, LABEL)
+    shown = f"column {LABEL!r} (the label, {column!r})" if column != LABEL else f"column {LABEL!r}"
+    if labels.null_count():
+        raise StepInputError(f"{where}: {shown} has {labels.null_count()} missing values")
+    if build.task == REGRESSION:
+        if not labels.dtype.is_numeric():
+            raise StepInputError(f"{where}: {shown} must be numeric for regression, found type {labels.dtype}")
+        finite = labels.cast(pl.Float64).is_finite()
+        if not finite.all():
+            raise StepInputError(f"{where}: {shown} has {int((~finite).sum())} infinite or NaN values")
+        return
+    allowed = set(range(len(build.classes or []))) if build.task == MULTICLASS else {0, 1}
+    found = set(labels.unique().to_list())
+    if not found <= allowed:
+        expected = f"class indices 0..{len(allowed) - 1}" if build.task == MULTICLASS else "0/1"
+        raise StepInputError(
+            f"{where}: {shown} must hold {expected} for a {build.task or BINARY} task, "
+            f"found {sorted(found - allowed, key=str)[:5]}"
+        )

@@ -2,7 +2,9 @@
 
 A *reference* is what a model saw when it was trained: per feature, the inner cut points of (up to) 10
 quantile bins of the train split and the share of rows in each bin, plus the distribution of its scores on
-the test split over fixed bins of [0, 1]. It is stored with the model (``reference/reference.json`` in its
+the test split: over fixed bins of [0, 1] for the probabilities of binary and multiclass models, over
+quantile bins for a regression model's predictions, and for multiclass also the share of each predicted
+class (:func:`category_distribution`). It is stored with the model (``reference/reference.json`` in its
 MLflow run) and serving data is later binned with the *same* cut points, so the two are comparable.
 
 Bins: ``cuts`` c_0 < … < c_{k-1} make ``k + 1`` value bins ``(-inf, c_0], (c_0, c_1], …, (c_{k-1}, inf)``
@@ -19,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from mlcontract.names import BINARY, REGRESSION
 
 DEFAULT_BINS = 10
 EPSILON = 1e-4
@@ -83,17 +86,46 @@ def psi_against(reference_entry: Mapping[str, Any], values: Any, epsilon: float 
     return psi(reference_entry["proportions"], proportions(values, reference_entry["cuts"]), epsilon)
 
 
+def category_distribution(values: Sequence[Any], categories: Sequence[str]) -> dict[str, Any]:
+    """Shares of each category, in ``categories`` order, plus a last bin for any other value (or none)."""
+    index = {category: i for i, category in enumerate(categories)}
+    counts = np.zeros(len(categories) + 1, dtype=np.int64)
+    for value in values:
+        counts[index.get(value, len(categories))] += 1
+    total = counts.sum()
+    shares = [float(c) for c in counts / total] if total else [0.0] * counts.size
+    return {"categories": list(categories), "proportions": shares, "rows": int(total)}
+
+
+def category_psi_against(reference_entry: Mapping[str, Any], values: Sequence[Any], epsilon: float = EPSILON) -> float:
+    """PSI of ``values``' category shares against a :func:`category_distribution` reference entry."""
+    actual = category_distribution(values, reference_entry["categories"])["proportions"]
+    return psi(reference_entry["proportions"], actual, epsilon)
+
+
 def build_reference(
-    features: Mapping[str, Any], scores: Any, bins: int = DEFAULT_BINS
+    features: Mapping[str, Any],
+    scores: Any,
+    bins: int = DEFAULT_BINS,
+    *,
+    task: str = BINARY,
+    predicted_classes: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The training reference: per feature (column name → values of the train split) its quantile bins and
-    shares; the model's scores (test split) over fixed bins of [0, 1]."""
-    return {
+    shares; the model's scores on the test split (the published ``score``: probabilities over fixed bins
+    of [0, 1], a regression's predictions over their quantile bins); multiclass: the predicted classes'
+    shares over ``classes``."""
+    reference = {
         "version": REFERENCE_VERSION,
+        "task": task,
         "bins": bins,
         "epsilon": EPSILON,
         "missing_bin": "last",
         "feature_columns": list(features),
         "features": {name: distribution(values, bins=bins) for name, values in features.items()},
-        "score": distribution(scores, cuts=SCORE_CUTS),
+        "score": distribution(scores, cuts=None if task == REGRESSION else SCORE_CUTS, bins=bins),
     }
+    if predicted_classes is not None:
+        reference["predicted_class"] = category_distribution(predicted_classes, classes or [])
+    return reference

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mlcontract.names import BINARY, MULTICLASS, REGRESSION
+
 if TYPE_CHECKING:
     import numpy as np
     import xgboost as xgb
@@ -41,10 +43,30 @@ IGNORED_KEYS = frozenset({"best_iteration"})
 ALIASES = {"eta": "learning_rate", "lambda": "reg_lambda", "alpha": "reg_alpha"}
 INT_KEYS = frozenset({"max_depth", "max_bin", "n_estimators", "early_stopping_rounds"})
 
-# Fixed settings: what the model is, not how hard it tries.
-OBJECTIVE = "binary:logistic"
-EVAL_METRICS = ["auc"]  # the last one drives early stopping
-STOPPING_METRIC = "auc"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the model is, per task (fixed, not tuned): xgboost's objective and the validation metric that
+    drives early stopping (xgboost knows auc is maximised, mlogloss and rmse minimised)."""
+
+    objective: str
+    metric: str
+    higher_is_better: bool
+
+
+OBJECTIVES = {
+    BINARY: Objective("binary:logistic", "auc", higher_is_better=True),
+    MULTICLASS: Objective("multi:softprob", "mlogloss", higher_is_better=False),
+    REGRESSION: Objective("reg:squarederror", "rmse", higher_is_better=False),
+}
+
+
+def objective(task: str) -> Objective:
+    try:
+        return OBJECTIVES[task]
+    except KeyError:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(OBJECTIVES)}") from None
 
 
 def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -104,13 +126,20 @@ def _key(params: Mapping[str, Any]) -> tuple:
     return tuple(sorted(params.items()))
 
 
-def booster_params(params: Mapping[str, Any], seed: int, device: str) -> dict[str, Any]:
+def booster_params(
+    params: Mapping[str, Any], seed: int, device: str, task: str = BINARY, num_class: int | None = None
+) -> dict[str, Any]:
     """The dict handed to ``xgboost.train``: tunables (minus the round settings) plus the fixed ones."""
     tunables = {k: v for k, v in params.items() if k not in ("n_estimators", "early_stopping_rounds")}
+    fixed = objective(task)
+    if task == MULTICLASS:
+        if not num_class or num_class < 2:
+            raise ValueError(f"a multiclass model needs num_class >= 2, got {num_class}")
+        tunables["num_class"] = num_class
     return {
         **tunables,
-        "objective": OBJECTIVE,
-        "eval_metric": list(EVAL_METRICS),
+        "objective": fixed.objective,
+        "eval_metric": [fixed.metric],
         "tree_method": "hist",
         "device": device,
         # The only source of randomness (row/column subsampling). CPU hist builds the same trees
@@ -124,13 +153,15 @@ class FitResult:
     booster: xgb.Booster  # sliced to the best iteration: it scores exactly as the early-stopped model
     params: dict[str, Any]  # the complete resolved hyperparameters
     best_iteration: int
-    valid_auc: float
+    valid_metric: float  # the early-stopping metric (``metric``) at the best iteration
+    metric: str
     rounds: int  # rounds actually run before stopping
     seconds: float
     device: str
+    task: str = BINARY
 
 
-def progress_callback(every: int, total: int, label: str) -> xgb.callback.TrainingCallback:
+def progress_callback(every: int, total: int, label: str, metric: str = "auc") -> xgb.callback.TrainingCallback:
     """An xgboost callback that logs every ``every`` rounds: "trial 3: round 200/2000 valid-auc=0.8312"."""
     import xgboost as xgb
 
@@ -138,8 +169,8 @@ def progress_callback(every: int, total: int, label: str) -> xgb.callback.Traini
         def after_iteration(self, model, epoch: int, evals_log) -> bool:
             done = epoch + 1
             if done % every == 0 or done == total:
-                auc = evals_log.get("valid", {}).get(STOPPING_METRIC, [float("nan")])[-1]
-                log.info("%s: round %d/%d valid-auc=%.4f", label, done, total, auc)
+                value = evals_log.get("valid", {}).get(metric, [float("nan")])[-1]
+                log.info("%s: round %d/%d valid-%s=%.4f", label, done, total, metric, value)
             return False  # never stops training itself
 
     return ProgressLog()
@@ -154,11 +185,15 @@ def fit(
     device: str = "cpu",
     log_every: int = 100,
     label: str = "fit",
+    task: str = BINARY,
+    num_class: int | None = None,
 ) -> FitResult:
-    """Boost on ``train`` with early stopping on ``valid`` AUC; deterministic for a given seed."""
+    """Boost on ``train`` with early stopping on ``valid`` (the task's metric: AUC, log loss or RMSE);
+    deterministic for a given seed. ``num_class``: multiclass only, labels are class indices 0..K-1."""
     import xgboost as xgb
 
     resolved = resolve_params(params)
+    metric = objective(task).metric
     (x_train, y_train), (x_valid, y_valid) = train, valid
     dtrain = xgb.QuantileDMatrix(
         x_train, label=y_train, feature_names=feature_names, max_bin=resolved["max_bin"]
@@ -167,44 +202,47 @@ def fit(
     total = resolved["n_estimators"]
     started = time.perf_counter()
     booster = xgb.train(
-        booster_params(resolved, seed, device),
+        booster_params(resolved, seed, device, task, num_class),
         dtrain,
         num_boost_round=total,
         evals=[(dvalid, "valid")],
         early_stopping_rounds=resolved["early_stopping_rounds"],
-        callbacks=[progress_callback(log_every, total, label)],
+        callbacks=[progress_callback(log_every, total, label, metric)],
         verbose_eval=False,
     )
     seconds = time.perf_counter() - started
     best_iteration = int(booster.best_iteration)
-    valid_auc = float(booster.best_score)
+    valid_metric = float(booster.best_score)
     rounds = booster.num_boosted_rounds()
     best = booster[: best_iteration + 1]
     best.set_param({"device": "cpu"})  # the saved model must load and score on CPU-only pods too
     log.info(
-        "%s: stopped after %d rounds; best iteration %d valid-auc=%.4f (%.1fs on %s)",
+        "%s: stopped after %d rounds; best iteration %d valid-%s=%.4f (%.1fs on %s)",
         label,
         rounds,
         best_iteration,
-        valid_auc,
+        metric,
+        valid_metric,
         seconds,
         device,
     )
-    return FitResult(best, resolved, best_iteration, valid_auc, rounds, seconds, device)
+    return FitResult(best, resolved, best_iteration, valid_metric, metric, rounds, seconds, device, task)
 
 
 def fit_snapshot(snapshot: Snapshot, params: Mapping[str, Any] | None, seed: int, **options: Any) -> FitResult:
-    """:func:`fit` on a snapshot's train split, early-stopped on its valid split (trials and the final fit);
-    ``options`` are :func:`fit`'s ``device``, ``log_every`` and ``label``."""
+    """:func:`fit` on a snapshot's train split, early-stopped on its valid split (trials and the final fit),
+    for the snapshot's task; ``options`` are :func:`fit`'s ``device``, ``log_every`` and ``label``."""
     columns = snapshot.feature_columns
     train, valid = snapshot["train"], snapshot["valid"]
     return fit(
         (train.features(columns), train.label), (valid.features(columns), valid.label), columns, params, seed,
-        **options,
+        task=snapshot.task, num_class=snapshot.num_class, **options,
     )
 
 
 def predict_proba(booster: xgb.Booster, x: np.ndarray, feature_names: list[str]) -> np.ndarray:
+    """The booster's output: binary P(class 1) per row, multiclass an (n, K) probability matrix, regression
+    the predicted value."""
     import xgboost as xgb
 
     return booster.predict(xgb.DMatrix(x, feature_names=feature_names))

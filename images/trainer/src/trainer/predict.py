@@ -43,11 +43,12 @@ def model_frame(frame: pl.DataFrame | pd.DataFrame, columns: list[str]) -> pd.Da
 
 
 def score(pyfunc_model: Any, frame: pl.DataFrame | pd.DataFrame) -> np.ndarray:
-    """Positive-class probabilities for each row of ``frame`` with an already loaded model."""
-    scores = pyfunc_model.predict(model_frame(frame, input_columns(pyfunc_model)))
-    return np.asarray(scores, dtype=float).reshape(-1)
+    """The model's output for each row of ``frame`` with an already loaded model: binary P(class 1),
+    multiclass an (n, K) probability matrix, regression the predicted value."""
+    output = np.asarray(pyfunc_model.predict(model_frame(frame, input_columns(pyfunc_model))), dtype=float)
+    return output if output.ndim == 2 and output.shape[1] > 1 else output.reshape(-1)
 
 
 def predict(model_uri: str, frame: pl.DataFrame | pd.DataFrame) -> np.ndarray:
-    """Load ``model_uri`` and return a churn probability per row of ``frame`` (extra columns ignored)."""
+    """Load ``model_uri`` and return its output per row of ``frame`` (extra columns ignored; see :func:`score`)."""
     return score(load(model_uri), frame)

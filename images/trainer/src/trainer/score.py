@@ -1,4 +1,8 @@
-"""`trainer score`: a day's churn probabilities from the registered model behind an alias (never "latest").
+"""`trainer score`: a day's predictions from the registered model behind an alias (never "latest").
+
+Each row gets ``score`` (binary P(class 1), multiclass P(predicted class), regression the predicted value)
+and ``predicted_class`` (binary "0"/"1" at the threshold, multiclass the user's class label, regression
+null), for the task recorded with the model version (:func:`trainer.tracking.model_task`).
 
 The alias (``champion``) is resolved to a concrete version first and that version is loaded
 (``models:/NAME/VERSION``) and recorded on every row, so a prediction always says which model made it, even
@@ -25,8 +29,9 @@ from mlcontract.manifests import ScoreManifest, ScoringBuildManifest
 from mlcontract.names import CHALLENGER, CHAMPION, ENTITY, PREDICTIONS_FILE
 from mlflow import MlflowClient
 
-from trainer import predict
+from trainer import predict, tracking
 from trainer.errors import ModelVersionNotFound
+from trainer.metrics import predictions as published
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +94,27 @@ def run_score(
             else _resolve(client, model_name, CHALLENGER)
         )
 
+    task = tracking.model_task(main)
+    for arm, version in arms.items():
+        arm_task = tracking.model_task(version)
+        if arm_task != task:
+            raise StepInputError(
+                f"the @{arm} arm ({model_name} v{version.version}) predicts {arm_task}, the @{alias} arm "
+                f"{task}: both arms of an A/B test must predict the same task and classes"
+            )
     scores = np.full(features.height, np.nan)
+    classes = np.full(features.height, None, dtype=object)
     row_alias = np.where(to_challenger, CHALLENGER, alias)
     row_version = np.empty(features.height, dtype=object)
     for arm, version in arms.items():
         rows = row_alias == arm
         uri = registry.model_uri(model_name, version.version)
         try:
-            scores[rows] = predict.predict(uri, features.filter(pl.Series(rows)))
+            output = predict.predict(uri, features.filter(pl.Series(rows)))
         except predict.IncompatibleFeatures as error:
             raise predict.IncompatibleFeatures(f"@{arm} ({uri}) cannot score these features: {error}") from None
+        scores[rows], predicted_class = published(task.task, output, task.classes)
+        classes[rows] = predicted_class
         row_version[rows] = str(version.version)
         log.info("scored %s entities with @%s (%s)", f"{int(rows.sum()):,}", arm, uri)
 
@@ -107,6 +123,7 @@ def run_score(
             ENTITY: features[ENTITY].cast(pl.String),
             "score_date": pl.Series([score_date] * features.height).str.to_date("%Y-%m-%d"),
             "score": pl.Series(scores, dtype=pl.Float64),
+            "predicted_class": pl.Series(classes.tolist(), dtype=pl.String),
             "model_name": [model_name] * features.height,
             "model_version": pl.Series(row_version.tolist(), dtype=pl.String),
             "alias": pl.Series(row_alias.tolist(), dtype=pl.String),
@@ -125,6 +142,8 @@ def run_score(
         alias=alias,
         model_version=str(main.version),
         model_run_id=main.run_id,
+        task=task.task,
+        classes=task.classes,
         versions={arm: str(version.version) for arm, version in arms.items()},
         ab_challenger_share=ab_challenger_share,
         score_date=score_date,

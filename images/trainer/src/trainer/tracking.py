@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from importlib import metadata
 
 import mlflow
 from mlcontract import storage
 from mlcontract.env import StepEnvironment
-from mlcontract.errors import ManifestError
+from mlcontract.errors import ManifestError, StepInputError
 from mlcontract.manifests import BuildManifest, ExtractManifest
-from mlcontract.names import DEFAULT_MODEL_NAME
+from mlcontract.names import BINARY, DEFAULT_MODEL_NAME, MULTICLASS, TASKS
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -27,7 +28,43 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = DEFAULT_MODEL_NAME
 RUN_KEY_TAG = "pipeline_run_key"
+TASK_TAG, CLASSES_TAG = "task", "classes"  # on the run and the model version: what the model predicts
 MAX_TAG_LENGTH = 5000  # below MLflow's limit on tag values
+
+
+@dataclass(frozen=True)
+class ModelTask:
+    """What a registered model predicts: its task and, for multiclass, the user's labels by class index."""
+
+    task: str = BINARY
+    classes: list[str] | None = None
+
+    def __str__(self) -> str:
+        return f"{self.task} (classes {', '.join(self.classes)})" if self.classes else self.task
+
+    def tags(self) -> dict[str, str]:
+        tags = {TASK_TAG: self.task}
+        if self.classes is not None:
+            classes = json.dumps(self.classes)
+            if len(classes) > MAX_TAG_LENGTH:
+                raise StepInputError(
+                    f"{len(self.classes)} classes take {len(classes)} characters, more than a model version "
+                    f"tag holds ({MAX_TAG_LENGTH}): too many classes, or class labels too long"
+                )
+            tags[CLASSES_TAG] = classes
+        return tags
+
+
+def model_task(version: ModelVersion) -> ModelTask:
+    """The task recorded with a registered version (binary for versions registered before tasks existed)."""
+    tags = version.tags or {}
+    task = tags.get(TASK_TAG, BINARY)
+    if task not in TASKS:
+        raise StepInputError(f"{version.name} v{version.version} has an unknown task tag {task!r}")
+    classes = json.loads(tags[CLASSES_TAG]) if CLASSES_TAG in tags else None
+    if task == MULTICLASS and not classes:
+        raise StepInputError(f"{version.name} v{version.version} is multiclass but records no classes")
+    return ModelTask(task, classes)
 
 
 def lineage_tags(env: StepEnvironment) -> dict[str, str]:

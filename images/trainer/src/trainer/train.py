@@ -19,13 +19,14 @@ import numpy as np
 from mlcontract import registry, storage
 from mlcontract.env import StepEnvironment
 from mlcontract.manifests import GateManifest, TrainManifest
-from mlcontract.names import CHALLENGER
+from mlcontract.names import BINARY, CHALLENGER, MULTICLASS, REGRESSION
+from mlcontract.rules import task_metric
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from trainer import drift, model, plots, tracking
 from trainer.data import load_snapshot
-from trainer.metrics import THRESHOLD, classification_metrics
+from trainer.metrics import THRESHOLD, predictions, task_metrics
 from trainer.predict import model_frame
 
 log = logging.getLogger(__name__)
@@ -60,31 +61,44 @@ def run_train(
 
     started = time.perf_counter()
     snapshot = load_snapshot(features_dir)
+    task, classes = snapshot.task, snapshot.classes
+    recorded_task = tracking.ModelTask(task, classes)  # recorded with the version: scoring and monitoring read it
     columns = snapshot.feature_columns
     train, valid, test = snapshot["train"], snapshot["valid"], snapshot["test"]
     result = model.fit_snapshot(snapshot, params, seed, device=device, log_every=log_every, label="final fit")
-    scores = {
+    outputs = {
         s.name: model.predict_proba(result.booster, s.features(columns), columns) for s in (valid, test)
     }
     metrics: dict[str, float] = {"best_iteration": result.best_iteration, "rounds": result.rounds}
     for split in (valid, test):
-        for key, value in classification_metrics(split.label, scores[split.name]).items():
+        for key, value in task_metrics(task, split.label, outputs[split.name]).items():
             if key != "threshold":
                 metrics[f"{split.name}_{key}"] = value
-    log.info("valid-auc=%.4f test-auc=%.4f", metrics["valid_auc"], metrics["test_auc"])
-    reference = drift.build_reference({c: train.frame[c].to_numpy() for c in columns}, scores["test"])
+    judged = task_metric(task).name
+    log.info("%s: valid-%s=%.4f test-%s=%.4f", task, judged, metrics[f"valid_{judged}"], judged,
+             metrics[f"test_{judged}"])
+    test_scores, test_classes = predictions(task, outputs["test"], classes)
+    reference = drift.build_reference(
+        {c: train.frame[c].to_numpy() for c in columns}, test_scores, task=task,
+        predicted_classes=test_classes if task == MULTICLASS else None, classes=classes,
+    )
 
     plots_uri = storage.join_uri(out, "plots")
-    figures = _figures(result, {s.name: (s.label, scores[s.name]) for s in (valid, test)})
+    figures = _figures(task, result, {s.name: (s.label, outputs[s.name]) for s in (valid, test)}, classes)
     for name, png in figures.items():
         storage.write_bytes(storage.join_uri(plots_uri, name), png)
 
-    tags = {**tracking.lineage_tags(env), **tracking.data_lineage_tags(snapshot.build), "seed": str(seed)}
+    tags = {
+        **tracking.lineage_tags(env), **tracking.data_lineage_tags(snapshot.build), "seed": str(seed),
+        **recorded_task.tags(),
+    }
     logged_params = {
         **result.params,
         "seed": seed,
         "device": device,
-        "objective": model.OBJECTIVE,
+        "task": task,
+        **({"num_class": snapshot.num_class} if task == MULTICLASS else {}),
+        "objective": model.objective(task).objective,
         "tree_method": "hist",
         "n_features": len(columns),
         "snapshot_hash": snapshot.snapshot_hash,
@@ -120,6 +134,8 @@ def run_train(
             model_name=model_name,
             logged_model_uri=info.model_uri,
             mlflow_run_id=run.info.run_id,
+            task=task,
+            classes=classes,
             metrics=metrics,
             threshold=THRESHOLD,
             params=result.params,
@@ -165,15 +181,29 @@ def _with_version(manifest: TrainManifest, model_name: str, version: str | int) 
     )
 
 
-def _figures(result: model.FitResult, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, bytes]:
+def _figures(
+    task: str, result: model.FitResult, curves: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str] | None
+) -> dict[str, bytes]:
+    """The task's diagnostic figures; ``curves``: split -> (labels, model output)."""
     gain = result.booster.get_score(importance_type="total_gain")
-    y_test, s_test = curves["test"]
-    return {
-        "roc.png": plots.roc_curve(curves),
-        "pr.png": plots.pr_curve(curves),
-        "feature_importance.png": plots.feature_importance(gain),
-        "confusion_matrix.png": plots.confusion_matrix(y_test, s_test, THRESHOLD, "test"),
-    }
+    y_test, output_test = curves["test"]
+    figures = {"feature_importance.png": plots.feature_importance(gain)}
+    if task == BINARY:
+        figures |= {
+            "roc.png": plots.roc_curve(curves),
+            "pr.png": plots.pr_curve(curves),
+            "confusion_matrix.png": plots.confusion_matrix(y_test, output_test, THRESHOLD, "test"),
+        }
+    elif task == MULTICLASS:
+        figures["confusion_matrix.png"] = plots.class_confusion(
+            y_test, output_test.argmax(axis=1), classes or [], "Confusion matrix (test)"
+        )
+    elif task == REGRESSION:
+        figures |= {
+            "predicted_vs_actual.png": plots.predicted_vs_actual(curves),
+            "residuals.png": plots.residuals(y_test, output_test, "test"),
+        }
+    return figures
 
 
 def _validation_dirs(validations: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from mlcontract.manifests import TrialManifest
+from mlcontract.names import BINARY
 
 from trainer import model
 from trainer.data import load_snapshot
@@ -37,7 +38,11 @@ def run_trial(
         params=result.params,
         seed=seed,
         trial_index=trial_index,
-        valid_auc=result.valid_auc,
+        task=snapshot.task,
+        valid_metric=result.valid_metric,
+        metric=result.metric,
+        higher_is_better=model.objective(snapshot.task).higher_is_better,
+        valid_auc=result.valid_metric if snapshot.task == BINARY else None,
         best_iteration=result.best_iteration,
         rounds=result.rounds,
         device=device,

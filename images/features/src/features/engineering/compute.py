@@ -322,9 +322,10 @@ def compute_features(
         time.perf_counter() - started,
     )
     additive_names = [e.meta.output_name() for e in parts.additive]
-    for name in additive_names:  # the running totals below are int64 across all entities: refuse to overflow
+    events_seen = max(float(partials["n"].sum()), 1.0)
+    for name in additive_names:  # running totals across all entities (Int64 sums, Int128 n * squares): no overflow
         magnitude = partials[name].cast(pl.Float64).abs().sum()
-        if (name.endswith("__sum") and magnitude >= 2**62) or (name.endswith("__sq") and magnitude >= 2**100):
+        if (name.endswith("__sum") and magnitude >= 2**62) or (name.endswith("__sq") and magnitude * events_seen >= 2**126):
             column = name.split("__")[0]
             raise SpecError(
                 f"events column {column!r}: total magnitude is too large for fixed point with "
