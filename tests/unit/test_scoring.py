@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -19,6 +19,7 @@ from features.publish import publish_predictions
 from mlcontract import storage
 from mlcontract.manifests import (
     BuildManifest,
+    ExtractManifest,
     GateManifest,
     PredictionsManifest,
     ScoreManifest,
@@ -108,6 +109,59 @@ def test_a_model_column_the_scoring_data_cannot_produce_is_an_error(warehouse, t
     extract_scoring(uri, str(tmp_path / "extract"), config.snapshot_dates[-1])
     with pytest.raises(ScoringError, match="plan_gold"):
         build_scoring(str(tmp_path / "extract"), str(tmp_path / "build"), str(reference))
+
+
+def test_a_feature_table_is_encoded_at_scoring_with_the_training_spec_and_vocabulary(tmp_path):
+    rng = np.random.default_rng(4)
+    dates = [datetime(2026, 6, 1), datetime(2026, 7, 1), datetime(2026, 8, 1)]
+    n = 300
+    table = pl.DataFrame({
+        "entity_id": [f"c{i:03d}" for _ in dates for i in range(n)],
+        "snapshot_ts": [d for d in dates for _ in range(n)],
+        "label": rng.integers(0, 2, n * len(dates)).astype(np.int8),
+        "tenure_months": rng.integers(0, 60, n * len(dates)),
+        "region": rng.choice(["north", "south", "east"], n * len(dates)).tolist(),
+        "active": (rng.random(n * len(dates)) < 0.5).tolist(),
+        "last_login": [d - timedelta(days=int(k)) for d, k in zip(
+            [d for d in dates for _ in range(n)], rng.integers(0, 90, n * len(dates)), strict=True)],
+        "note": [f"free text {i}" for i in range(n * len(dates))],  # unique per row: an id, ignored
+    }, schema_overrides={"snapshot_ts": pl.Datetime("us"), "last_login": pl.Datetime("us")})
+    extract_dir = tmp_path / "extract"
+    extract_dir.mkdir()
+    table.write_parquet(extract_dir / "labels.parquet")
+    columns = {"entity_id": "customer", "snapshot_ts": "as_of_date", "label": "bought"}
+    ExtractManifest(
+        outputs={"labels": str(extract_dir / "labels.parquet")}, rows={"labels": table.height}, parts=0,
+        content_hash=storage.hash_files([str(extract_dir / "labels.parquet")]), source={"test": True},
+        snapshots=[d.isoformat() for d in dates], kind="feature_table", columns=columns,
+    ).write(str(extract_dir))
+    training = build_features(str(extract_dir), str(tmp_path / "build"), str(tmp_path / "features"))
+    spec = training.feature_config
+    assert {c: u["use"] for c, u in spec["table_columns"].items()} == {
+        "tenure_months": "numeric", "region": "one_hot", "active": "boolean", "last_login": "days_since",
+        "note": "ignore"}
+    assert spec["events"] == {} and training.columns == columns
+    assert training.feature_columns == ["tenure_months", "region_east", "region_north", "region_south", "active",
+                                        "days_since_last_login"]
+
+    # scoring the test date's rows (one region unseen in training: all-zero one-hots, never a new column)
+    rows = table.filter(pl.col("snapshot_ts") == dates[-1]).drop("label")
+    rows = rows.with_columns(region=pl.when(pl.col("entity_id") == "c000").then(pl.lit("mars")).otherwise("region"))
+    scoring_dir = tmp_path / "scoring"
+    scoring_dir.mkdir()
+    rows.write_parquet(scoring_dir / "spine.parquet")
+    ScoringExtractManifest(
+        outputs={"spine": str(scoring_dir / "spine.parquet")}, rows={"spine": rows.height}, parts=0,
+        content_hash="-", as_of=dates[-1].isoformat(), score_date=dates[-1].date().isoformat(), source={},
+        snapshots=[dates[-1].isoformat()], kind="feature_table", columns={"entity_id": "customer"},
+    ).write(str(scoring_dir))
+    built = build_scoring(str(scoring_dir), str(tmp_path / "scored"), training.snapshot_uri)
+    scored = pl.read_parquet(built.outputs["features"]).sort("entity_id")
+    trained = pl.read_parquet(training.outputs["test"]).drop("label").sort("entity_id")
+    assert scored.columns == trained.columns
+    same = pl.col("entity_id") != "c000"
+    assert_frame_equal(scored.filter(same), trained.filter(same))
+    assert scored.filter(~same).select("region_east", "region_north", "region_south").row(0) == (0, 0, 0)
 
 
 # --------------------------------------------------------------------------------------------------- A/B arms
