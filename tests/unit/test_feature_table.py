@@ -185,3 +185,45 @@ def test_the_cli_commands(tmp_path, monkeypatch, capsys):
               "--snapshot-column", "", "--label-column", "segment", "--task", "multiclass", "--out", str(tmp_path / "l")]
     assert main(labels) == 0
     assert LabelsManifest.read(str(tmp_path / "l")).rows == {"labels": 2}
+
+
+# --- the raw gate on a feature table ----------------------------------------------------------------------
+
+
+def test_the_raw_gate_checks_a_feature_table_in_the_users_names(tmp_path):
+    from features.errors import GateFailed
+    from features.gates.raw import validate_raw
+    from mlcontract.manifests import GateManifest
+
+    uri = _create(f"sqlite:///{tmp_path / 'wh.db'}")
+    extracted = tmp_path / "extract"
+    extract(uri, str(extracted), _source())
+    manifest = validate_raw(str(extracted), str(tmp_path / "gate"), split="time")
+    assert manifest.success is True and manifest.rows == {"labels": 6}  # no events to check
+    # a second row for a key, and a table with nothing but key, snapshot and label
+    labels = pl.read_parquet(extracted / "labels.parquet")
+    pl.concat([labels, labels.head(1)]).write_parquet(extracted / "labels.parquet")
+    with pytest.raises(GateFailed) as failed:
+        validate_raw(str(extracted), str(tmp_path / "dup"))
+    assert ("labels: expect_compound_columns_to_be_unique on ['cust', 'cutoff_ts']: one row per cust (entity key) "
+            "and cutoff_ts (snapshot); these are on more than one: 2 unexpected value(s)") in str(failed.value)
+    labels.select("entity_id", "snapshot_ts", "label").write_parquet(extracted / "labels.parquet")
+    with pytest.raises(GateFailed) as failed:
+        validate_raw(str(extracted), str(tmp_path / "bare"))
+    assert ("labels: expect_table_column_count_to_be_between on table: the feature table has no feature column "
+            "besides cust, cutoff_ts, outcome") in str(failed.value)
+    assert GateManifest.read(str(tmp_path / "bare")).failures[0].observed == 3
+
+
+def test_the_raw_gate_cli_takes_the_task_and_split(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WAREHOUSE_URI", _create(f"sqlite:///{tmp_path / 'wh.db'}"))
+    args = ["--features-table", "flat_table", "--entity-key", "cust", "--label-column", "y_amount"]
+    assert main(["extract", *args, "--cutoff", "2026-04-01", "--out", str(tmp_path / "x")]) == 0
+    gate = ["validate-raw", "--extract", str(tmp_path / "x")]
+    assert main([*gate, "--task", "regression", "--split", "entity", "--out", str(tmp_path / "ok")]) == 0
+    assert main([*gate, "--task", "regression", "--split", "time", "--out", str(tmp_path / "time")]) == 1
+    err = capsys.readouterr().err
+    assert ("column snapshot_ts (snapshot: the feature table has no --snapshot-column, so one date for all rows) has "
+            "1 distinct value(s); a time split needs >= 3 (use split=entity or auto)") in err
+    assert main([*gate, "--out", str(tmp_path / "binary")]) == 1
+    assert "column y_amount (label) must hold 0/1 or booleans for task=binary" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -67,15 +68,17 @@ def test_corrupt_raw_data_fails_naming_expectation_and_column(good_extract, tmp_
     with pytest.raises(GateFailed) as failed:
         validate_raw(str(bad), str(tmp_path / "gate"))
     message = str(failed.value)
-    assert "expect_column_values_to_not_be_null on entity_id" in message
+    # the user's column names (the extract's source calls them customer_id and churned), not the canonical ones
+    assert "expect_column_values_to_not_be_null on customer_id" in message
     assert "expect_column_values_to_be_between on amount" in message
-    assert "expect_column_values_to_be_in_set on label" in message
+    assert ("labels: expect_column_values_to_be_in_set on churned: column churned (label) must hold 0/1 or booleans "
+            "for task=binary: 1 unexpected value(s), e.g. [2] (rows [2])") in message
     manifest = GateManifest.read(str(tmp_path / "gate"))
     assert manifest.success is False
     assert {(f.dataset, f.expectation, f.column) for f in manifest.failures} == {
-        ("events", "expect_column_values_to_not_be_null", "entity_id"),
+        ("events", "expect_column_values_to_not_be_null", "customer_id"),
         ("events", "expect_column_values_to_be_between", "amount"),
-        ("labels", "expect_column_values_to_be_in_set", "label"),
+        ("labels", "expect_column_values_to_be_in_set", "churned"),
     }
     amount = next(f for f in manifest.failures if f.column == "amount")
     assert amount.observed["unexpected_count"] == 1
@@ -96,7 +99,7 @@ def test_events_after_cutoff_and_duplicate_labels_fail(good_extract, tmp_path):
     with pytest.raises(GateFailed) as failed:
         validate_raw(str(bad), str(tmp_path / "gate"))
     assert "expect_column_values_to_be_between on event_ts" in str(failed.value)
-    assert "expect_compound_columns_to_be_unique on ['entity_id', 'snapshot_ts']" in str(failed.value)
+    assert "expect_compound_columns_to_be_unique on ['customer_id', 'snapshot_ts']" in str(failed.value)
 
 
 def test_too_few_events_fails(good_extract, tmp_path):
@@ -112,9 +115,9 @@ BOUNDS = {"events_30d": (0, None), "days_since_last_event": (0, None), "support_
           "spend_trend": (None, None)}
 
 
-def _snapshot(tmp_path: Path, **overrides: pl.DataFrame) -> Path:
+def _snapshot(tmp_path: Path, contents: dict | None = None, **overrides: pl.DataFrame) -> Path:
     snapshot = tmp_path / "snapshot"
-    snapshot.mkdir()
+    snapshot.mkdir(parents=True)
     rows = {}
     for i, split in enumerate(("train", "valid", "test")):
         n = 50 * (3 - i)
@@ -147,6 +150,7 @@ def _snapshot(tmp_path: Path, **overrides: pl.DataFrame) -> Path:
         label_rate={},
         splits={},
         feature_config={},
+        **(contents or {}),
     ).write(str(build))
     return build
 
@@ -277,7 +281,8 @@ def test_one_bad_raw_row_in_a_million_fails(million_extract, tmp_path, file, cha
     ).write_parquet(bad / file)
     with pytest.raises(GateFailed) as failed:
         validate_raw(str(bad), str(tmp_path / "gate"))
-    assert f"{failure[0]}: {failure[1]} on {failure[2]}: 1 unexpected value(s)" in str(failed.value)
+    # a rule that says what it means (the label's) puts that first, then the count
+    assert re.search(f"{failure[0]}: {failure[1]} on {failure[2]}: (.*: )?1 unexpected value", str(failed.value))
     (found,) = GateManifest.read(str(tmp_path / "gate")).failures
     assert (found.dataset, found.expectation, found.column) == failure
     assert found.observed["unexpected_count"] == 1 and found.observed["rows"] == [BAD_ROW]
@@ -371,7 +376,7 @@ def test_stored_null_failure_names_the_column_and_count(good_extract, tmp_path):
     bad = _copy(good_extract / "extract", tmp_path / "bad")
     part = bad / "events" / "part-00000.parquet"
     _corrupt(part, entity_id=pl.when(pl.int_range(pl.len()).is_in([1, 4, 9])).then(None).otherwise(pl.col("entity_id")))
-    with pytest.raises(GateFailed, match="expect_column_values_to_not_be_null on entity_id: 3 unexpected"):
+    with pytest.raises(GateFailed, match="expect_column_values_to_not_be_null on customer_id: 3 unexpected"):
         validate_raw(str(bad), str(tmp_path / "gate"))
     events = json.loads((tmp_path / "gate" / "validation.json").read_text())["events"]
     (failed,) = [r for r in events["results"] if not r["success"]]
@@ -379,3 +384,123 @@ def test_stored_null_failure_names_the_column_and_count(good_extract, tmp_path):
     assert failed["expectation_config"]["kwargs"] == {"column": "entity_id"}
     assert failed["result"]["unexpected_count"] == 3
     assert failed["result"]["partial_unexpected_index_list"] == [1, 4, 9]
+
+
+# --- the rules follow the build's task and split, in the user's column names -----------------------------
+
+ONE_CUTOFF = datetime(2026, 3, 1)
+
+
+def _user_extract(tmp_path: Path, label: str, *, labels: list[tuple], events: list[tuple] | None = None) -> Path:
+    """An extract (the real one, from SQLite) of events `purchases(buyer, bought_at, amount)` and labels
+    `outcomes(buyer, cutoff_ts, <label>)`: the user's own names for entity, timestamp, snapshot and label."""
+    import sqlalchemy as sa
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{tmp_path / 'wh.db'}"
+    engine = sa.create_engine(uri)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE purchases (buyer TEXT, bought_at TEXT, amount REAL)"))
+        conn.execute(sa.text(f"CREATE TABLE outcomes (buyer TEXT, cutoff_ts TEXT, {label})"))
+        rows = events or [(f"b{i}", "2026-02-01 10:00:00", 5.0) for i in range(len(labels))]
+        conn.execute(sa.text("INSERT INTO purchases VALUES (:b, :t, :a)"), [{"b": b, "t": t, "a": a} for b, t, a in rows])
+        conn.execute(sa.text("INSERT INTO outcomes VALUES (:b, :c, :y)"), [{"b": b, "c": c, "y": y} for b, c, y in labels])
+    engine.dispose()
+    source = TrainingSource(events_table="purchases", labels_table="outcomes", entity_key="buyer",
+                            timestamp_column="bought_at", snapshot_column="cutoff_ts", label_column=label.split()[0])
+    extract(uri, str(tmp_path / "extract"), source)
+    return tmp_path / "extract"
+
+
+def _one_cutoff(values: list) -> list[tuple]:
+    return [(f"b{i}", ONE_CUTOFF.isoformat(sep=" "), v) for i, v in enumerate(values)]
+
+
+def test_one_snapshot_date_fails_a_time_split_only(tmp_path):
+    extracted = _user_extract(tmp_path, "churn INTEGER", labels=_one_cutoff([0, 1] * 10))
+    with pytest.raises(GateFailed) as failed:
+        validate_raw(str(extracted), str(tmp_path / "time"), split="time")
+    assert ("labels: expect_column_unique_value_count_to_be_between on cutoff_ts: column cutoff_ts (snapshot) has 1 "
+            "distinct value(s); a time split needs >= 3 (use split=entity or auto)") in str(failed.value)
+    assert "snapshot_ts" not in str(failed.value)
+    (found,) = GateManifest.read(str(tmp_path / "time")).failures
+    assert found.column == "cutoff_ts" and found.observed == 1
+    for split in ("auto", "entity"):
+        assert validate_raw(str(extracted), str(tmp_path / split), split=split).success is True
+
+
+def test_binary_labels_that_are_not_0_or_1_are_shown_as_values_not_nulls(tmp_path):
+    extracted = _user_extract(tmp_path / "a", "churn REAL", labels=_one_cutoff([0, 1, 0.7, 1, 0, 1.9] * 3))
+    with pytest.raises(GateFailed) as failed:
+        validate_raw(str(extracted), str(tmp_path / "a" / "gate"))
+    (found,) = GateManifest.read(str(tmp_path / "a" / "gate")).failures
+    assert (found.expectation, found.column) == ("expect_column_values_to_be_in_set", "churn")
+    assert set(found.observed["examples"]) == {0.7, 1.9} and found.observed["unexpected_count"] == 6
+    assert "column churn (label) must hold 0/1 or booleans for task=binary: 6 unexpected value(s)" in str(failed.value)
+    text = _user_extract(tmp_path / "b", "churn TEXT", labels=_one_cutoff(["1", "0", "yes", "0"] * 3))
+    with pytest.raises(GateFailed, match=r"on churn: .* 3 unexpected value\(s\), e\.g\. \['yes', 'yes', 'yes'\]"):
+        validate_raw(str(text), str(tmp_path / "b" / "gate"))
+    flags = _user_extract(tmp_path / "c", "churn BOOLEAN", labels=_one_cutoff([True, False, False, False] * 3))
+    assert validate_raw(str(flags), str(tmp_path / "c" / "gate")).success is True
+
+
+def test_multiclass_needs_two_to_a_sane_number_of_classes(tmp_path):
+    classes = _user_extract(tmp_path / "a", "tier TEXT", labels=_one_cutoff(["gold", "silver", "bronze"] * 5))
+    assert validate_raw(str(classes), str(tmp_path / "a" / "gate"), task="multiclass").success is True
+    # a binary gate on the same labels names the bad values
+    with pytest.raises(GateFailed, match="column tier \\(label\\) must hold 0/1 or booleans for task=binary"):
+        validate_raw(str(classes), str(tmp_path / "a" / "binary"))
+    ids = _user_extract(tmp_path / "b", "tier TEXT", labels=_one_cutoff([f"id{i}" for i in range(201)]))
+    with pytest.raises(GateFailed, match="on tier: column tier \\(label\\) has 201 distinct value\\(s\\); "
+                                         "task=multiclass needs 2..200 classes"):
+        validate_raw(str(ids), str(tmp_path / "b" / "gate"), task="multiclass")
+
+
+def test_regression_needs_finite_varying_numbers(tmp_path):
+    amounts = _user_extract(tmp_path / "a", "spend REAL", labels=_one_cutoff([0.7, 12.5, 1.9, 3.0]))
+    assert validate_raw(str(amounts), str(tmp_path / "a" / "gate"), task="regression").success is True
+    words = _user_extract(tmp_path / "b", "spend TEXT", labels=_one_cutoff(["high", "low"]))
+    with pytest.raises(GateFailed, match="on spend: column spend \\(label\\) must hold numbers for task=regression, "
+                                         "not String"):
+        validate_raw(str(words), str(tmp_path / "b" / "gate"), task="regression")
+    constant = _user_extract(tmp_path / "c", "spend REAL", labels=_one_cutoff([2.0, 2.0, 2.0]))
+    with pytest.raises(GateFailed, match="column spend \\(label\\) is constant"):
+        validate_raw(str(constant), str(tmp_path / "c" / "gate"), task="regression")
+
+
+def test_no_event_before_any_snapshot_is_flagged(tmp_path):
+    late = [(f"b{i}", "2026-04-01 10:00:00", 5.0) for i in range(4)]
+    extracted = _user_extract(tmp_path, "churn INTEGER", labels=_one_cutoff([0, 1, 0, 1]), events=late)
+    with pytest.raises(GateFailed) as failed:
+        validate_raw(str(extracted), str(tmp_path / "gate"))
+    assert ("events: expect_column_min_to_be_between on bought_at: no event of column bought_at (timestamp) is "
+            "before any snapshot (the latest is 2026-03-01 in column cutoff_ts (snapshot)): every feature would be "
+            "empty") in str(failed.value)
+
+
+def test_features_gate_labels_follow_the_task_in_the_users_names(tmp_path):
+    churned = {"columns": {"entity_id": "customer_id", "label": "churned"}}
+    one_class = _valid_with(label=pl.lit(0, pl.Int8))
+    with pytest.raises(GateFailed) as failed:
+        validate_features(str(_snapshot(tmp_path / "a", churned, valid=one_class)), str(tmp_path / "a" / "gate"))
+    assert ("valid: expect_column_stdev_to_be_between on churned: column churned (label) has one class only in valid: "
+            "an AUC needs both") in str(failed.value)
+    # multiclass: class indexes of the manifest's classes
+    tiers = {"task": "multiclass", "classes": ["bronze", "gold", "silver"], "columns": {"label": "tier"}}
+    valid = _valid_with(label=(pl.int_range(pl.len()) % 3).cast(pl.Int8))
+    ok = _snapshot(tmp_path / "b", tiers, **{s: valid for s in ("train", "valid", "test")})
+    assert validate_features(str(ok), str(tmp_path / "b" / "gate")).success is True
+    bad = _snapshot(tmp_path / "c", tiers, train=valid, valid=valid, test=_valid_with(label=pl.lit(3, pl.Int8)))
+    with pytest.raises(GateFailed, match=r"test: expect_column_values_to_be_in_set on tier: column tier \(label\) must "
+                                         r"be a class index 0\.\.2 of the build's classes"):
+        validate_features(str(bad), str(tmp_path / "c" / "gate"))
+    # regression: any finite number, no rate rule
+    spend = {"task": "regression", "columns": {"label": "spend"}}
+    amounts = _valid_with(label=pl.int_range(pl.len()).cast(pl.Float64) * 1.5)
+    ok = _snapshot(tmp_path / "d", spend, **{s: amounts for s in ("train", "valid", "test")})
+    assert validate_features(str(ok), str(tmp_path / "d" / "gate")).success is True
+    bad = _snapshot(tmp_path / "e", spend, train=amounts, valid=amounts.with_columns(label=_row(3, float("inf"), "label")),
+                    test=amounts)
+    with pytest.raises(GateFailed, match=r"valid: expect_column_values_to_be_between on spend: column spend \(label\) "
+                                         r"must be finite: 1 unexpected value"):
+        validate_features(str(bad), str(tmp_path / "e" / "gate"))

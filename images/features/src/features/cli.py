@@ -83,6 +83,7 @@ def cmd_validate_raw(args: argparse.Namespace, env: StepEnvironment) -> Manifest
     return validate_raw(
         args.extract, env.output(args.out),
         min_events=args.min_events, max_amount=args.max_amount, min_snapshots=args.min_snapshots,
+        task=args.task, split=args.split,
     )
 
 
@@ -215,7 +216,9 @@ def commands() -> Commands:
     raw.add_argument("--extract", required=True, help="the extract step's output directory")
     raw.add_argument("--min-events", type=int, default=1)
     raw.add_argument("--max-amount", type=float, default=1.0e6, help="declared range of `amount`: [0, this]")
-    raw.add_argument("--min-snapshots", type=int, default=2)
+    raw.add_argument("--min-snapshots", type=int, help="default: what --split needs (time 3, entity or auto 1)")
+    raw.add_argument("--task", choices=TASKS, default=BINARY, help="the build's --task: decides the label rules")
+    raw.add_argument("--split", choices=SPLIT_METHODS, default=AUTO_SPLIT, help="the build's --split")
 
     build = add("build", cmd_build, "point-in-time features + train/valid/test split (content-addressed)")
     build.add_argument("--extract", required=True, help="the extract step's output directory")

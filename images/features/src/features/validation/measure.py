@@ -7,7 +7,7 @@ a small metrics table per dataset, one row per rule, which GX then decides on (:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -37,6 +37,8 @@ class Dataset:
     scan: pl.LazyFrame
     schema: pl.Schema
     rules: list[Rule]
+    # canonical column -> the user's own name: failures name the user's columns
+    columns: dict[str, str] = field(default_factory=dict)
 
 
 def measure(datasets: list[Dataset]) -> list[list[dict[str, Any]]]:

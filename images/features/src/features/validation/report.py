@@ -54,11 +54,17 @@ def _measured(dataset: Dataset, rule: Rule, metric: dict[str, Any], failed: bool
     return result
 
 
-def failure(dataset: str, rule: Rule, result: dict[str, Any]) -> GateFailure:
-    """One failing rule in the user's terms: what was seen, against what was expected."""
+def failure(dataset: str, rule: Rule, result: dict[str, Any], columns: dict[str, str] | None = None) -> GateFailure:
+    """One failing rule in the user's terms: what was seen, against what was expected, under the user's
+    column names (``columns``: canonical -> the user's)."""
+    names = columns or {}
+    column = [names.get(c, c) for c in rule.column] if isinstance(rule.column, list) else (
+        names.get(rule.column, rule.column) if rule.column else None
+    )
     if rule.missing is not None:
-        observed: Any = {"missing": rule.missing}
-        details = f"missing {rule.missing}"
+        missing = [names.get(c, c) for c in rule.missing]
+        observed: Any = {"missing": missing}
+        details = f"missing {missing}"
     elif rule.bad is not None:
         count, rows = result["unexpected_count"], result.get("partial_unexpected_index_list", [])
         values = result.get("partial_unexpected_list", [])
@@ -76,9 +82,12 @@ def failure(dataset: str, rule: Rule, result: dict[str, Any]) -> GateFailure:
     else:
         observed = result["observed_value"]
         details = f"observed {observed!r}"
-    if rule.expected:
+    if rule.why is not None:  # the rule says what it means; a row rule's examples follow
+        why = rule.why.format(observed=observed)
+        details = why if rule.bad is None else f"{why}: {details}"
+    elif rule.expected:
         details += f" (expected {rule.expected})"
-    return GateFailure(dataset=dataset, expectation=rule.expectation, column=rule.column, observed=observed,
+    return GateFailure(dataset=dataset, expectation=rule.expectation, column=column, observed=observed,
                        details=details)
 
 
@@ -93,10 +102,13 @@ def suite_result(
     for i, (rule, metric) in enumerate(zip(dataset.rules, metrics, strict=True)):
         failed = i in verdict.broken
         measured = _measured(dataset, rule, metric, failed)
-        configuration = ExpectationConfiguration(type=rule.expectation, kwargs=rule.gx_kwargs(), meta=rule.meta or None)
+        meta = dict(rule.meta)
+        if isinstance(rule.column, str) and dataset.columns.get(rule.column, rule.column) != rule.column:
+            meta["source_column"] = dataset.columns[rule.column]  # what the user's warehouse calls it
+        configuration = ExpectationConfiguration(type=rule.expectation, kwargs=rule.gx_kwargs(), meta=meta or None)
         results.append(ExpectationValidationResult(success=not failed, expectation_config=configuration, result=measured))
         if failed:
-            failures.append(failure(dataset.name, rule, measured))
+            failures.append(failure(dataset.name, rule, measured, dataset.columns))
     for expectation, message in verdict.errors:  # GX could not evaluate the metrics table: say so
         failures.append(GateFailure(dataset=dataset.name, expectation=expectation, column=None,
                                     observed={"exception": message}, details=f"raised {message}"))

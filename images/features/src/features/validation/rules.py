@@ -9,7 +9,8 @@ stored results and the failures are in GX's terms.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -33,6 +34,11 @@ class Rule:
     # a cheap aggregate that, when true, proves no row is bad (``bad`` is then only counted when it is not)
     clean_if: pl.Expr | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # what a failure means, in the user's terms; ``{observed}`` stands for an aggregate rule's measured value
+    why: str | None = None
+
+    def explained(self, why: str) -> Rule:
+        return replace(self, why=why)
 
     @property
     def label(self) -> str:
@@ -144,6 +150,38 @@ def _aggregate(expectation: str, column: str, observed: pl.Expr, low: float | No
     # a strict minimum is the next float up, inclusive: the same test, with no extra flag to decide on
     minimum = math.nextafter(low, math.inf) if strict_min and low is not None else low
     return Rule(expectation, column, kwargs, observed=observed, bounds=(minimum, high))
+
+
+def binary_values(column: str, dtype: pl.DataType) -> Rule:
+    """Every present value is 0 or 1: numbers, booleans, or text that spells one (``'1'``); 0.7 or
+    ``'yes'`` are values outside the set, shown as examples, not missing values."""
+    number = pl.col(column).cast(pl.Float64, strict=False)
+    bad = _present(column, dtype) & ~number.is_in([0.0, 1.0]).fill_null(False)
+    return Rule("expect_column_values_to_be_in_set", column, {"value_set": [0, 1]}, bad=bad)
+
+
+def numeric_type(column: str, dtype: pl.DataType) -> Rule:
+    # the column's type decides, as in :func:`of_type`: a column of text or dates holds no number
+    bad = pl.lit(not dtype.is_numeric())
+    return Rule("expect_column_values_to_be_in_type_list", column, {"type_list": ["int", "float"]}, bad=bad)
+
+
+def min_before(column: str, dtype: pl.DataType, moment: datetime) -> Rule:
+    """The column's earliest value is strictly before ``moment`` (a naive UTC datetime)."""
+    value = pl.col(column)
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+        value = value.dt.replace_time_zone(None)
+    # measured and bounded in microseconds since the epoch; stated in ISO for GX and the reader
+    observed = value.cast(pl.Datetime("us")).min().dt.epoch("us")
+    limit = pl.select(pl.lit(moment).cast(pl.Datetime("us")).dt.epoch("us")).item()
+    kwargs = {"max_value": moment.isoformat(), "strict_max": True}
+    return Rule("expect_column_min_to_be_between", column, kwargs, observed=observed, bounds=(None, limit - 1))
+
+
+def column_count_between(schema: pl.Schema, low: int | None = None, high: int | None = None) -> Rule:
+    kwargs = {k: v for k, v in (("min_value", low), ("max_value", high)) if v is not None}
+    return Rule("expect_table_column_count_to_be_between", None, kwargs, observed=pl.lit(len(schema)),
+                bounds=(low, high))
 
 
 def mean_between(column: str, low: float, high: float) -> Rule:
