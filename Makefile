@@ -26,6 +26,10 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 SEED_ARGS ?= --customers 10000 --events-per-customer 40 --seed 42
 SHAPE ?= demo
+# Benchmark sizes: events of the feature-build benchmark, options of each script (see bench/README.md)
+BENCH_EVENTS ?= 10000000
+BENCH_ARGS ?=
+BENCH_RETAIL_ARGS ?= --sizes 2500,5000,10000 --quality-size 5000
 GPU_POOL_SLOTS ?= 2
 AIRFLOW_PORT ?= 8080
 MLFLOW_PORT ?= 5000
@@ -87,8 +91,9 @@ ui: pools ## Start the Airflow UI (standalone) and the MLflow UI; Ctrl-C stops b
 serve: venv ## Serve the champion model with an MLflow model server
 	$(BIN)/python -m devtools.cli serve --port $(SERVE_PORT)
 
-bench: venv ## Benchmarks: polars vs pandas feature build, gate vs build time (results in bench/results/)
-	$(BIN)/python bench/bench_features.py
+bench: venv ## Benchmarks: polars vs DuckDB build, gates; inferred spec vs featuretools and RFM (bench/results/)
+	$(BIN)/python bench/bench_features.py --events $(BENCH_EVENTS) $(BENCH_ARGS)
+	$(BIN)/python bench/bench_retail.py $(BENCH_RETAIL_ARGS)
 
 clean: ## Remove everything the embedded default wrote (.local/ and build/)
 	rm -rf $(MLPLATFORM_HOME) build
