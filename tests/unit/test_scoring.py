@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from features import synth
 from features.engineering.scoring import build_scoring
 from features.engineering.snapshot import build_features
+from features.engineering.spec import load_spec
 from features.errors import GateFailed, ScoringError
 from features.extract.scoring import extract_scoring
 from features.extract.training import extract
@@ -143,6 +144,11 @@ def test_a_feature_table_is_encoded_at_scoring_with_the_training_spec_and_vocabu
     assert spec["events"] == {} and training.columns == columns
     assert training.feature_columns == ["tenure_months", "region_east", "region_north", "region_south", "active",
                                         "days_since_last_login"]
+    # a user's spec for a feature table need not switch off the event defaults (windows, recency, tenure)
+    given = load_spec('{"version": 1, "table_columns": {"region": {"use": "one_hot", "top_k": 2}}}')
+    chosen = build_features(str(extract_dir), str(tmp_path / "build2"), str(tmp_path / "features"), given)
+    assert len(chosen.feature_columns) == 2 and all(c.startswith("region_") for c in chosen.feature_columns)
+    assert chosen.feature_config["windows_days"] == [] and not chosen.feature_config["recency"]
 
     # scoring the test date's rows (one region unseen in training: all-zero one-hots, never a new column)
     rows = table.filter(pl.col("snapshot_ts") == dates[-1]).drop("label")

@@ -19,8 +19,9 @@ integer, never null: rows without history get the defaults of ``DEFAULTS_DOC``):
 
 - ``events_{w}d``: number of events in the window (all rows, whatever their values); ``events_total``:
   number of events before the snapshot.
-- numeric columns: values are rounded to ``numeric_decimals`` (6) decimals first (fixed point, so that
-  sums are exact and order-independent); ``min``/``max`` use the raw values.
+- numeric columns: ``sum``, ``mean``, ``std`` and ``last`` use the values rounded
+  to ``numeric_decimals`` (6) decimals (fixed point, so that sums are exact and order-independent);
+  ``min``/``max`` use the raw values.
   ``{c}_sum_{w}d`` = sum(x), 0 without values; ``{c}_mean_{w}d`` = sum(x) / count(x), 0 without values;
   ``{c}_min_{w}d`` / ``{c}_max_{w}d``, 0 without values; ``{c}_std_{w}d`` = sample standard deviation
   (ddof = 1) = sqrt((n * sum(x^2) - sum(x)^2) / (n * (n - 1))), the numerator exact in 128-bit fixed

@@ -79,6 +79,9 @@ def prepare_spec(
     spine_schema = spine.collect_schema()
     table = table_columns(extract, spine_schema.names())
     spec = spec or infer_spec(events, entities, spine, table)
+    if events is None and not spec.events and spec.uses_events:
+        # a feature table has no events: the event defaults (windows, recency, tenure) do not apply to it
+        spec = spec.model_copy(update={"windows_days": [], "recency": False, "tenure": False, "ratios": []})
     check_spec(
         spec,
         events.collect_schema() if events is not None else None,
