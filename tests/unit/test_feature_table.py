@@ -177,6 +177,10 @@ def test_the_cli_commands(tmp_path, monkeypatch, capsys):
     assert "feature table 'training_table' has 2 duplicated (cust) key(s)" in capsys.readouterr().err
     assert main(["extract", *args, "--events-table", "events", "--out", str(tmp_path / "z")]) == 1
     assert "not both: --events-table" in capsys.readouterr().err
+    # a step's argument list has a fixed length: the DAG passes the unused source as '' (none)
+    unused = ["--events-table", "", "--labels-table", "", "--entities-table", ""]
+    assert main(["extract", *args, *unused, "--snapshot-column", "cutoff_ts", "--out", str(tmp_path / "dag")]) == 0
+    assert ExtractManifest.read(str(tmp_path / "dag")).kind == "feature_table"
     scoring = ["extract-scoring", "--as-of", "2026-03-31", "--features-table", "training_table", "--entity-key", "cust",
                "--snapshot-column", "cutoff_ts", "--label-column", "outcome", "--out", str(tmp_path / "s")]
     assert main(scoring) == 0

@@ -21,10 +21,8 @@ import polars as pl
 from mlcontract import storage
 from mlcontract.manifests import ScoringExtractManifest
 from mlcontract.names import (
-    ENTITIES_FILE,
     ENTITY,
     EVENT_TS,
-    EVENTS_DIR,
     FEATURE_TABLE_SOURCE,
     LABEL,
     SNAPSHOT,
@@ -120,8 +118,7 @@ def extract_scoring_table(
                       "end": warehouse.lower_bound(midnight + timedelta(days=1))}
         spine_uri = storage.join_uri(out_dir, SPINE_FILE)
         rows = feature_tables.write_rows(engine, found, spine_uri, finish, where, params)
-    storage.remove(storage.join_uri(out_dir, EVENTS_DIR))  # from an earlier run of this step on events
-    storage.remove(storage.join_uri(out_dir, ENTITIES_FILE))
+    feature_tables.remove_event_outputs(out_dir)
     log.info("spine: %s rows of the %s to score", f"{rows:,}", found.name)
     manifest = ScoringExtractManifest(
         outputs={"spine": spine_uri},

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 from mlcontract import storage
-from mlcontract.names import ENTITY, LABEL, SNAPSHOT
+from mlcontract.names import ENTITIES_FILE, ENTITY, EVENTS_DIR, LABEL, SNAPSHOT
 from mlcontract.source import ScoringSource, TrainingSource
 
 from features.errors import ExtractError
@@ -109,6 +109,12 @@ def require_unique(table: FeatureTable, uri: str) -> None:
             f"{table.name} has {repeated.height:,} duplicated ({', '.join(users)}) key(s), e.g. {example} "
             f"on {repeated['rows'][0]} rows: it must hold one row per {per}"
         )
+
+
+def remove_event_outputs(out_dir: str) -> None:
+    """A feature table has no events and no entities: remove those of an earlier run of the step on events."""
+    storage.remove(storage.join_uri(out_dir, EVENTS_DIR))
+    storage.remove(storage.join_uri(out_dir, ENTITIES_FILE))
 
 
 def spine_order(frame: pl.DataFrame) -> pl.DataFrame:

@@ -22,10 +22,8 @@ import polars as pl
 from mlcontract import storage
 from mlcontract.manifests import ExtractManifest
 from mlcontract.names import (
-    ENTITIES_FILE,
     ENTITY,
     EVENT_TS,
-    EVENTS_DIR,
     FEATURE_TABLE_SOURCE,
     LABEL,
     LABELS_FILE,
@@ -152,8 +150,7 @@ def extract_feature_table(
             params = {"cutoff": engine.warehouse.upper_bound(cutoff)}
         labels_uri = storage.join_uri(out_dir, LABELS_FILE)
         rows = feature_tables.write_rows(engine, found, labels_uri, finish, where, params)
-    storage.remove(storage.join_uri(out_dir, EVENTS_DIR))  # from an earlier run of this step on events
-    storage.remove(storage.join_uri(out_dir, ENTITIES_FILE))
+    feature_tables.remove_event_outputs(out_dir)
     features = [c for c in found.relation.columns if c not in found.columns.values()]
     log.info("extracted %s rows (feature table, %d feature columns, %d snapshots)",
              f"{rows:,}", len(features), len(snapshots))
