@@ -208,6 +208,11 @@ def test_retail_one_cutoff_and_monthly_cutoffs():
     assert labels["cutoff_ts"].unique().to_list() == [datetime(2026, 8, 1)]
     assert labels["client_ref"].is_unique().all()
     assert 0.15 <= report.label_summary["label_rate"] <= 0.40
+    # one cutoff: the build splits by entity; the oracle is reported on the build's test entities
+    test = synth_shapes.oracle_test_rows(data)
+    assert test.height == pytest.approx(0.15 * labels.height, rel=0.05)
+    assert report.oracle_test == synth_shapes.oracle_metrics("binary", test, "churned")
+    assert report.oracle_test != report.oracle
     transactions = data.tables["transactions"]
     assert transactions["store_code"].n_unique() > 200  # a high-cardinality string
     assert (transactions["items"] >= 1).all() and (transactions["amount_usd"] > 0).all()

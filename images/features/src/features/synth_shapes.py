@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 import sqlalchemy as sa
-from mlcontract.names import BINARY, MULTICLASS, REGRESSION
+from mlcontract.names import AUTO_SPLIT, BINARY, ENTITY, LABEL, MULTICLASS, REGRESSION, SNAPSHOT, TIME_SPLIT
 
 from features import synth
+from features.engineering.split import SPLIT_COLUMN, encode_labels, entity_splits, resolve_split
 from features.errors import SeedError
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class ShapeReport:
     rows: dict[str, int]
     oracle: dict[str, float]  # on every label row
     oracle_by_snapshot: dict[str, dict[str, float]]
-    oracle_test: dict[str, float]  # on the rows an automatic split tests on (latest cutoff when >= 3 of them)
+    oracle_test: dict[str, float]  # on the rows the build's automatic split tests on (see oracle_test_rows)
     label_summary: dict[str, Any]
     source: dict[str, Any]
     seconds: float
@@ -658,45 +659,68 @@ def make(config: ShapeConfig) -> ShapeData:
 # --- report and writing -----------------------------------------------------------------------------------
 
 
-def report_for(data: ShapeData, config: ShapeConfig, seconds: float = 0.0) -> ShapeReport:
-    """Sizes, the oracle metric overall, per cutoff and on the rows an automatic split tests on."""
+def report_for(
+    data: ShapeData, config: ShapeConfig, seconds: float = 0.0, split_seed: int = 42
+) -> ShapeReport:
+    """Sizes, the oracle metric overall, per cutoff and on the rows the build's automatic split tests on
+    (the build's default ``split_seed`` for an entity split)."""
     source, truth = data.source, data.truth
     label = source.label_column
-    metric = lambda rows: oracle_metrics(source.task, rows, label, data.classes)
+
+    def metric(rows: pl.DataFrame) -> dict[str, float]:
+        return oracle_metrics(source.task, rows, label, data.classes)
+
     snapshot = source.snapshot_column
     by_snapshot: dict[str, dict[str, float]] = {}
     if snapshot:
         for (moment,), rows in truth.group_by(snapshot, maintain_order=True):
             by_snapshot[moment.date().isoformat()] = metric(rows)
         by_snapshot = dict(sorted(by_snapshot.items()))
-    # auto split: the latest cutoff is the test set when there are >= 3 of them; else an entity split,
-    # whose test rows are a stratified sample of all rows: the oracle on all rows is its expectation
-    latest = list(by_snapshot.values())[-1] if len(by_snapshot) >= 3 else None
-    if source.task == BINARY:
-        summary: dict[str, Any] = {"label_rate": round(float(truth[label].mean()), 5)}
-    elif source.task == MULTICLASS:
-        summary = {
-            "classes": data.classes,
-            "class_shares": {c: round(float((truth[label] == c).mean()), 5) for c in data.classes},
-        }
-    else:
-        summary = {
-            "label_mean": round(float(truth[label].mean()), 5),
-            "label_std": round(float(truth[label].std()), 5),
-        }
-    overall = metric(truth)
     return ShapeReport(
         shape=data.shape,
         task=source.task,
         rows={name: frame.height for name, frame in data.tables.items()},
-        oracle=overall,
+        oracle=metric(truth),
         oracle_by_snapshot=by_snapshot,
-        oracle_test=latest or overall,
-        label_summary=summary,
+        oracle_test=metric(oracle_test_rows(data, split_seed)),
+        label_summary=_label_summary(data),
         source={k: v for k, v in dataclasses.asdict(source).items() if v is not None},
         seconds=round(seconds, 3),
         config=config.to_json(),
     )
+
+
+def oracle_test_rows(data: ShapeData, split_seed: int = 42) -> pl.DataFrame:
+    """The truth rows the build's automatic split puts in test: the latest cutoff when there are at least
+    three (time split), else the entity split's test entities (features.engineering.split)."""
+    source, truth = data.source, data.truth
+    snapshot = source.snapshot_column
+    dates = truth[snapshot].dt.date() if snapshot else pl.Series([None] * truth.height)
+    if resolve_split(AUTO_SPLIT, dates.n_unique()) == TIME_SPLIT:
+        return truth.filter(dates == dates.max())
+    labels = truth[source.label_column]
+    if source.task == MULTICLASS:
+        labels = encode_labels(labels, source.task, source.label_column)[0]
+    spine = pl.DataFrame({ENTITY: truth[source.entity_key], SNAPSHOT: truth[snapshot] if snapshot else None})
+    splits = entity_splits(spine.with_columns(labels.alias(LABEL)), split_seed, source.task)
+    test = splits.filter(pl.col(SPLIT_COLUMN) == "test")[ENTITY]
+    return truth.filter(pl.col(source.entity_key).is_in(test.implode()))
+
+
+def _label_summary(data: ShapeData) -> dict[str, Any]:
+    source, truth = data.source, data.truth
+    label = source.label_column
+    if source.task == BINARY:
+        return {"label_rate": round(float(truth[label].mean()), 5)}
+    if source.task == MULTICLASS:
+        return {
+            "classes": data.classes,
+            "class_shares": {c: round(float((truth[label] == c).mean()), 5) for c in data.classes},
+        }
+    return {
+        "label_mean": round(float(truth[label].mean()), 5),
+        "label_std": round(float(truth[label].std()), 5),
+    }
 
 
 _SQL_TYPES: dict[type[pl.DataType], Any] = {
@@ -742,7 +766,8 @@ def write(data: ShapeData, warehouse_uri: str, meta: dict[str, str]) -> None:
                     conn.execute(
                         sa.text(f"CREATE INDEX ix_{table}_key_ts ON {table} ({source.entity_key}, {ts})")
                     )
-            conn.execute(dataset_meta.insert(), [{"key": k, "value": v} for k, v in meta.items()])
+            if meta:
+                conn.execute(dataset_meta.insert(), [{"key": k, "value": v} for k, v in meta.items()])
     finally:
         engine.dispose()
 
