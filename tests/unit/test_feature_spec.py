@@ -32,6 +32,7 @@ def events() -> pl.DataFrame:
         "channel": [["web", "app", "store"][i % 3] for i in range(N)],
         "sku": [f"sku{i % 120}" for i in range(N)],  # 120 distinct over 400 rows: high cardinality
         "order_id": [f"o{i}" for i in range(N)],  # unique per row: an id
+        "line_no": list(range(N)),  # an integer unique per row: an id too
         "shipped_ts": [start + timedelta(hours=12 * i - 30) for i in range(N)],
         "empty": pl.Series([None] * N, dtype=pl.Float64),
     })
@@ -57,7 +58,7 @@ def test_inference_per_column_type():
     kinds = {name: column.kind for name, column in spec.events.items()}
     assert kinds == {
         "amount": "numeric", "items": "numeric", "is_promo": "boolean", "channel": "categorical",
-        "sku": "high_cardinality", "order_id": "ignore", "shipped_ts": "timestamp", "empty": "ignore",
+        "sku": "high_cardinality", "order_id": "ignore", "line_no": "ignore", "shipped_ts": "timestamp", "empty": "ignore",
     }
     assert spec.events["amount"].aggregations == ["sum", "mean", "min", "max", "std", "last"]
     assert spec.events["is_promo"].aggregations == ["sum", "mean"]

@@ -163,6 +163,21 @@ def test_hand_computed_values_of_each_aggregation():
     assert {k: row[k] for k in expected} == pytest.approx(expected)
 
 
+def test_nan_and_infinite_values_count_as_missing():
+    base = D(2024, 1, 1)
+    events = pl.DataFrame({
+        "entity_id": ["a"] * 4,
+        "event_ts": [base + timedelta(days=d) for d in range(4)],
+        "amount": [1.0, float("nan"), float("inf"), 3.0],
+    }, schema_overrides={"event_ts": pl.Datetime("us")})
+    spine = pl.DataFrame({"entity_id": ["a"], "snapshot_ts": [base + timedelta(days=5)]},
+                         schema_overrides={"snapshot_ts": pl.Datetime("us")})
+    spec = parse_spec({"windows_days": [7], "events": {"amount": {"kind": "numeric"}}})
+    row = compute_features(events.lazy(), spine.lazy(), None, spec, {}).collect().row(0, named=True)
+    assert row["events_7d"] == 4 and row["amount_sum_7d"] == 4.0 and row["amount_mean_7d"] == 2.0
+    assert row["amount_max_7d"] == 3.0 and row["amount_last"] == 3.0
+
+
 def test_std_is_zero_below_two_values_and_exact_for_large_offsets():
     base = D(2024, 1, 1)
     events = pl.DataFrame({

@@ -19,7 +19,8 @@ integer, never null: rows without history get the defaults of ``DEFAULTS_DOC``):
 
 - ``events_{w}d``: number of events in the window (all rows, whatever their values); ``events_total``:
   number of events before the snapshot.
-- numeric columns: ``sum``, ``mean``, ``std`` and ``last`` use the values rounded
+- numeric columns (NaN and infinite values count as missing): ``sum``, ``mean``, ``std`` and ``last`` use
+  the values rounded
   to ``numeric_decimals`` (6) decimals (fixed point, so that sums are exact and order-independent);
   ``min``/``max`` use the raw values.
   ``{c}_sum_{w}d`` = sum(x), 0 without values; ``{c}_mean_{w}d`` = sum(x) / count(x), 0 without values;
@@ -45,7 +46,7 @@ integer, never null: rows without history get the defaults of ``DEFAULTS_DOC``):
   rates: 1 without events); for each numeric column with ``sum``: ``{c}_sum_trend_{r}d_vs_prior_{b-r}d`` =
   slog(S_r) - slog((S_b - S_r) * r / (b - r)), slog(v) = sign(v) * ln(1 + |v|) (0 without events).
 - entity attributes (joined on entity_id, the first row of each entity): ``numeric`` -> the value as
-  Float64 (null 0); ``boolean`` -> 0/1 (null 0); ``one_hot`` -> ``{col}_{value}`` 0/1 over the top-K
+  Float64 (null, NaN or infinite: 0); ``boolean`` -> 0/1 (null 0); ``one_hot`` -> ``{col}_{value}`` 0/1 over the top-K
   vocabulary ``categories["entity.{col}"]``; ``days_since`` -> ``days_since_{col without _ts}`` =
   (snapshot - value) in days (null 0).
 - feature-table columns (extra spine columns of a ready-made feature table): as entity attributes, with
@@ -184,7 +185,8 @@ def _days(delta: pl.Expr) -> pl.Expr:
 def _numeric_value(col: str, column: EventColumn) -> pl.Expr:
     if column.kind == "timestamp":
         return _days(pl.col(EVENT_TS) - pl.col(col).cast(pl.Datetime("us")))
-    return pl.col(col).cast(pl.Float64)
+    value = pl.col(col).cast(pl.Float64)
+    return pl.when(value.is_finite()).then(value)  # NaN and infinities count as missing values
 
 
 def _stem(col: str, column: EventColumn) -> str:
@@ -601,7 +603,8 @@ def feature_definitions(
             elif use.use == "boolean":
                 add(col, value_of.cast(pl.Boolean).fill_null(False).cast(pl.Int8), ONE_HOT)
             else:
-                add(col, value_of.cast(pl.Float64).fill_null(0.0), UNBOUNDED)
+                value = value_of.cast(pl.Float64)
+                add(col, pl.when(value.is_finite()).then(value).otherwise(0.0), UNBOUNDED)
     return features
 
 

@@ -28,6 +28,8 @@ streaming pass, each column's non-null count and distinct count (exact):
 - the entity key, ``event_ts``, the snapshot and the label never become features (they are not even
   columns the spec can name: :func:`check_spec` refuses them);
 - numeric events column (integers and floats): ``numeric`` with sum, mean, min, max, std and last;
+  an integer column with more than 50 distinct values making up >= 95 % of its non-null rows is an id:
+  ``ignore``;
 - boolean: ``boolean`` with sum (true count) and mean (true share);
 - string (or categorical) with at most ``CATEGORICAL_MAX_DISTINCT`` (50) distinct values: ``categorical``,
   ``top_k`` = min(20, distinct), count and share; more distinct values: ``high_cardinality`` with
@@ -316,11 +318,12 @@ def check_spec(
 
 
 def _stats_exprs(schema: pl.Schema, names: list[str]) -> list[pl.Expr]:
-    """Non-null count of every column; distinct count of the string ones (the only ones it decides)."""
+    """Non-null count of every column; distinct count of the string and integer ones (where it decides)."""
     exprs = []
     for i, name in enumerate(names):
         exprs.append(pl.col(name).count().alias(f"c{i}"))
-        distinct = pl.col(name).drop_nulls().n_unique() if _is_string(schema[name]) else pl.lit(0)
+        decides = _is_string(schema[name]) or schema[name].is_integer()
+        distinct = pl.col(name).drop_nulls().n_unique() if decides else pl.lit(0)
         exprs.append(distinct.alias(f"u{i}"))
     return exprs
 
@@ -343,6 +346,8 @@ def _infer_event_column(dtype: pl.DataType, count: int, distinct: int) -> EventC
     top_k = None
     if dtype == pl.Boolean:
         kind = "boolean"
+    elif dtype.is_integer() and _string_choice(count, distinct) == "id":
+        kind = "ignore"  # an integer unique per row is an id (summing it would be noise, and overflow)
     elif dtype.is_numeric():
         kind = "numeric"
     elif _is_timestamp(dtype):
