@@ -365,6 +365,7 @@ def test_stored_results_name_the_real_expectation_column_and_count(good_extract,
     label = labels["expect_column_values_to_be_in_set"]
     assert label["success"] is False
     assert label["expectation_config"]["kwargs"] == {"column": "label", "value_set": [0, 1]}
+    assert label["expectation_config"]["meta"] == {"source_column": "churned"}  # what the warehouse calls it
     assert label["result"]["unexpected_count"] == 1 and label["result"]["partial_unexpected_list"] == [2]
     rows = pl.read_parquet(bad / "labels.parquet").height
     assert label["result"]["element_count"] == rows
