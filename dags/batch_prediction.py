@@ -12,6 +12,10 @@ In deploy mode `ab_test` (the champion's deployment record), a stable hash of ea
 record's `challenger_share` of the entities to `@challenger`; each row records its alias and model version.
 A failed gate fails the run and publishes nothing: yesterday's good rows stay as they were.
 
+A champion trained on a ready-made feature table scores that table's rows instead (`features_table`; those
+of the score date when the table has a snapshot column): its task, feature spec and columns come from its
+training snapshot, so only the table is a Param.
+
 Every compute step is a pod built by `mlplatform.steps`; steps pass small manifests, never data.
 `score_date` empty means the run's own date (events strictly before its midnight, UTC).
 """
@@ -29,6 +33,7 @@ from mlplatform.params import (
     column_params,
     date_param,
     optional_column_param,
+    optional_table_param,
     param_args,
     relation_args,
     relation_params,
@@ -39,6 +44,8 @@ from mlplatform.steps import FEATURES, TRAINER_CPU, step, step_dir
 from mlplatform.xcom import pull, renders_as
 
 SETTINGS = load_settings()
+# Jinja test: the events and entities are scored unless a feature table is given (its step options are empty)
+EVENTS_SCORING = "not params.features_table"
 
 
 def pinned(key: str) -> str:
@@ -53,6 +60,10 @@ def pinned(key: str) -> str:
     render_template_as_native_obj=False,
     params={
         "score_date": date_param("Score as of this date (YYYY-MM-DD; uses events before it); empty: the run's date."),
+        "features_table": optional_table_param(
+            "For a champion trained on a ready-made feature table: the table whose rows to score (those of the "
+            "score date when it has a snapshot column). Empty: the events and entities tables below."
+        ),
         **relation_params("events", "events", EVENTS_TABLE_DESCRIPTION),
         "entities_table": Param(
             "customers", type="string", description="Entities to score and their attributes ('' for none)."
@@ -74,7 +85,7 @@ def batch_prediction():
     @renders_as(scoring.SAMPLE_PIN)
     def resolve_champion(params=None, dag_run=None, data_interval_end=None) -> dict:
         """Pin this run to one concrete model version: `@champion`, its training snapshot and A/B share."""
-        return scoring.resolve_champion(score_date(params, dag_run, data_interval_end))
+        return scoring.resolve_champion(score_date(params, dag_run, data_interval_end), params["features_table"])
 
     champion = resolve_champion()
 
@@ -84,8 +95,14 @@ def batch_prediction():
         [
             "extract-scoring",
             "--as-of", pinned("score_date"),
-            *relation_args("events"),
-            *param_args("entities_table", "entity_key", "timestamp_column", "signup_column"),
+            "--features-table", "{{ params.features_table or '' }}",
+            *relation_args("events", EVENTS_SCORING),
+            "--entities-table", f"{{{{ params.entities_table if {EVENTS_SCORING} else '' }}}}",
+            "--signup-column", f"{{{{ params.signup_column if {EVENTS_SCORING} else '' }}}}",
+            *param_args("entity_key", "timestamp_column"),
+            # a feature table's rows of the score date, without its label: the champion's own columns
+            "--snapshot-column", pinned("snapshot_column"),
+            "--label-column", pinned("label_column"),
         ],
     )
     build_scoring = step(

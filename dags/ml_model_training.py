@@ -12,8 +12,10 @@ Every compute step is a pod built by `mlplatform.steps` (`PIPELINE_RUNTIME=kuber
 `local`: the same pod's command as a local process). Steps pass small manifests, never data.
 A failed gate fails the run and changes nothing downstream; a rejected model leaves `champion` as it was.
 
-Trigger it by hand with the form to train on your own table: source tables or queries, entity key,
-timestamp, label, cutoff, number of trials and promotion rule are all Params.
+Trigger it by hand with the form to train on your own data: an events table and a labels table (labels at
+one snapshot date or many), or a ready-made feature table (`source_kind`); entity key, timestamp, snapshot
+and label columns, cutoff, the task (binary, multiclass, regression), the split, the feature spec (inferred
+from the column types when empty), number of trials and promotion rule are all Params.
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ from mlplatform.params import (
     EVENTS_TABLE_DESCRIPTION,
     column_params,
     date_param,
+    json_arg,
+    learning_params,
+    optional_column_param,
     param_args,
-    relation_args,
     relation_params,
+    training_source_args,
+    training_source_params,
 )
 from mlplatform.settings import load_settings
 from mlplatform.steps import FEATURES, TRAINER_CPU, TRAINER_GPU, mapped_step, step, step_dir
@@ -51,21 +57,31 @@ SETTINGS = load_settings()
     **dag_kwargs(SETTINGS, stage="training", start_date=datetime(2026, 1, 4, tzinfo=UTC), doc_md=__doc__),
     user_defined_macros={"challenger_version": training.challenger_version},
     params={
+        **training_source_params(),
         **relation_params("events", "events", EVENTS_TABLE_DESCRIPTION),
-        **relation_params("labels", "churn_labels", "Table of labels per snapshot."),
+        **relation_params("labels", "churn_labels", "Table of labels: entity key, snapshot date, label."),
         "entities_table": Param(
             "customers", type="string", description="Optional table of static entity attributes ('' for none)."
         ),
-        **column_params(entity_key="customer_id", timestamp_column="event_ts", snapshot_column="snapshot_ts",
-                        label_column="churned"),
+        **column_params(entity_key="customer_id", timestamp_column="event_ts", label_column="churned"),
+        "snapshot_column": optional_column_param(
+            "snapshot_ts", "Date the label is observed at (labels table, or feature table: '' when it has one row "
+            "per entity)."
+        ),
+        **learning_params(),
         "cutoff": date_param("Train on snapshots up to this date (YYYY-MM-DD); empty: all labelled snapshots."),
-        "min_event_rows": Param(1000, type="integer", minimum=1, description="Raw gate: minimum event rows."),
+        "min_event_rows": Param(1000, type="integer", minimum=1, description="Raw gate: minimum event rows (events source)."),
         "n_trials": Param(8, type="integer", minimum=1, maximum=64, description="Hyperparameter trials."),
         "max_boost_rounds": Param(2000, type="integer", minimum=1, maximum=20000),
         "seed": Param(42, type="integer", minimum=0, description="Seed of the search and of every fit."),
-        "promotion_threshold": Param(0.7, type="number", minimum=0.5, maximum=1.0, description="Minimum test AUC."),
+        "promotion_threshold": Param(
+            0.7, type="number", minimum=0.5, maximum=1.0,
+            description="binary: minimum test AUC (multiclass and regression models must beat the naive baseline).",
+        ),
         "promotion_margin": Param(
-            0.002, type="number", minimum=0.0, maximum=0.5, description="Test AUC the challenger must add."
+            0.002, type="number", minimum=0.0, maximum=0.5,
+            description="binary: test AUC the challenger must add to the champion's; multiclass and regression: "
+            "relative improvement of its log loss or RMSE (0.01 = 1 % lower).",
         ),
         "deploy_mode": Param(
             "full",
@@ -83,23 +99,32 @@ def ml_model_training():
         FEATURES,
         [
             "extract",
-            *relation_args("events"),
-            *relation_args("labels"),
-            *param_args("entities_table", "entity_key", "timestamp_column", "snapshot_column", "label_column",
-                        "cutoff"),
+            *training_source_args(),
+            *param_args("entity_key", "timestamp_column", "snapshot_column", "label_column", "cutoff"),
         ],
     )
     # Gates do not retry: bad data stays bad, and a retry only delays the alert.
     validate_raw = step(
         "validate_raw",
         FEATURES,
-        ["validate-raw", "--extract", step_dir("extract"), "--min-events", "{{ params.min_event_rows }}"],
+        [
+            "validate-raw",
+            "--extract", step_dir("extract"),
+            "--min-events", "{{ params.min_event_rows }}",
+            *param_args("task", "split"),
+        ],
         retries=0,
     )
     build_features = step(
         "build_features",
         FEATURES,
-        ["build", "--extract", step_dir("extract"), "--snapshot-root", layout.snapshot_root(SETTINGS.artifact_root)],
+        [
+            "build",
+            "--extract", step_dir("extract"),
+            "--snapshot-root", layout.snapshot_root(SETTINGS.artifact_root),
+            "--feature-spec", json_arg("feature_spec"),
+            *param_args("task", "split", "split_seed"),
+        ],
     )
     validate_features = step(
         "validate_features", FEATURES, ["validate-features", "--features", step_dir("build_features")], retries=0

@@ -13,7 +13,9 @@ labels for the score date exist (champion AUC; the previous champion's AUC on th
 - an A/B test running (deployment mode `ab_test`) with a decision in the report → `decide_ab_test`
   promotes the challenger or ends the test keeping the champion, and sets the deployment back to `full`.
 
-The realised labels are read from the warehouse by a features step (`extract_labels`); the measuring is one
+The realised labels are read from the warehouse by a features step (`extract_labels`): from the labels table,
+or for a champion trained on a ready-made feature table from that table (`features_table`), with the
+champion's own task and columns (from its training snapshot, `resolve_champion`); the measuring is one
 step (`python -m trainer monitor`, pods built by `mlplatform.steps`); the tasks after it only read its
 manifest and act (`mlplatform.monitoring`).
 """
@@ -23,15 +25,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airflow.sdk import Param, TriggerRule, chain, dag, task
-from mlplatform import monitoring
+from mlplatform import monitoring, scoring
 from mlplatform.assets import DRIFT_ASSET
 from mlplatform.defaults import dag_kwargs
 from mlplatform.params import (
     SAMPLE_DATE,
     column_params,
     date_param,
+    optional_column_param,
+    optional_table_param,
     param_args,
-    relation_args,
     relation_params,
 )
 from mlplatform.params import score_date as run_score_date
@@ -41,6 +44,11 @@ from mlplatform.xcom import pull, renders_as
 
 SETTINGS = load_settings()
 SCORE_DATE = pull("resolve_score_date")
+
+
+def from_table_or_champion(name: str) -> str:
+    """A label-source column: the Param for a labels table, the champion's own column for its feature table."""
+    return f"{{% if params.features_table %}}{pull('resolve_champion', name)}{{% else %}}{{{{ params.{name} }}}}{{% endif %}}"
 
 
 @dag(
@@ -64,7 +72,14 @@ SCORE_DATE = pull("resolve_score_date")
             description="Comma-separated features left out of the drift check (e.g. ones that grow with time).",
         ),
         **relation_params("labels", "churn_labels", "Warehouse table of realised labels."),
-        **column_params(entity_key="customer_id", snapshot_column="snapshot_ts", label_column="churned"),
+        **column_params(entity_key="customer_id", label_column="churned"),
+        "snapshot_column": optional_column_param(
+            "snapshot_ts", "Labels table: the date each label is observed at ('' when every row is of the score date)."
+        ),
+        "features_table": optional_table_param(
+            "For a champion trained on a ready-made feature table: read the realised labels from it, with the "
+            "champion's snapshot and label columns. Empty: the labels table above."
+        ),
     },
 )
 def model_monitoring():
@@ -75,6 +90,14 @@ def model_monitoring():
         return run_score_date(params, dag_run, data_interval_end)
 
     score_date = resolve_score_date()
+
+    @task(retries=0, multiple_outputs=True)
+    @renders_as(scoring.SAMPLE_TRAINED_ON)
+    def resolve_champion(params=None) -> dict:
+        """The champion's task and source (its training snapshot): how its realised labels are read."""
+        return scoring.champion_trained_on(params["features_table"])
+
+    champion = resolve_champion()
     # The realised labels of the score date, read from the warehouse by the features image.
     extract_labels = step(
         "extract_labels",
@@ -82,8 +105,13 @@ def model_monitoring():
         [
             "extract-labels",
             "--score-date", SCORE_DATE,
-            *relation_args("labels"),
-            *param_args("entity_key", "snapshot_column", "label_column"),
+            "{{ '--features-table' if params.features_table else "
+            "('--labels-query' if params.labels_query else '--labels-table') }}",
+            "{{ params.features_table or params.labels_query or params.labels_table }}",
+            *param_args("entity_key"),
+            "--snapshot-column", from_table_or_champion("snapshot_column"),
+            "--label-column", from_table_or_champion("label_column"),
+            "--task", pull("resolve_champion", "task"),
         ],
     )
     monitor = step(
@@ -123,7 +151,7 @@ def model_monitoring():
 
     report = read_report()
     rolled_back = rollback_if_degraded(report)
-    chain(score_date, extract_labels, monitor, report)
+    chain(score_date, champion, extract_labels, monitor, report)
     emit_retrain_signal(report)
     rolled_back >> decide_ab_test(report)
 

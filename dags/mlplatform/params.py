@@ -10,14 +10,24 @@ from datetime import UTC
 from typing import Any
 
 from airflow.sdk import Param
-from mlcontract.source import COLUMN_PATTERN
+from mlcontract.names import AUTO_SPLIT, BINARY, EVENTS_SOURCE, FEATURE_TABLE_SOURCE, SPLIT_METHODS, TASKS
+from mlcontract.source import COLUMN_PATTERN, IDENTIFIER_PATTERN
+
+
+def optional_pattern(pattern: str) -> str:
+    """``pattern`` (anchored) or the empty string."""
+    return f"^(|{pattern.removeprefix('^').removesuffix('$')})$"
+
 
 DATE_PATTERN = r"^(|\d{4}-\d{2}-\d{2})$"
-OPTIONAL_COLUMN_PATTERN = f"^(|{COLUMN_PATTERN.removeprefix('^').removesuffix('$')})$"
+OPTIONAL_COLUMN_PATTERN = optional_pattern(COLUMN_PATTERN)
 QUERY_DESCRIPTIONS = {
     "events": "SQL query for events; overrides events_table when set.",
     "labels": "SQL query for labels; overrides labels_table.",
+    "features": "SQL query returning the feature table; overrides features_table when set.",
 }
+# Jinja test of the training source: a ready-made feature table instead of events and labels
+FEATURE_TABLE_TEMPLATE = f"params.source_kind == '{FEATURE_TABLE_SOURCE}'"
 EVENTS_TABLE_DESCRIPTION = "Warehouse table of timestamped events."
 SAMPLE_DATE = "2026-01-04"  # what a resolved date renders as in `make render`
 
@@ -35,6 +45,58 @@ def relation_params(kind: str, table: str, description: str) -> dict[str, Param]
     }
 
 
+def optional_table_param(description: str) -> Param:
+    """A warehouse table used only when given (null or empty: unused)."""
+    return Param(None, type=["null", "string"], pattern=optional_pattern(IDENTIFIER_PATTERN), description=description)
+
+
+def optional_relation_params(kind: str, description: str) -> dict[str, Param]:
+    """``{kind}_table`` and ``{kind}_query`` of a relation that is used only when asked for (null: unused)."""
+    return {
+        f"{kind}_table": optional_table_param(description),
+        f"{kind}_query": Param(None, type=["null", "string"], description=QUERY_DESCRIPTIONS[kind]),
+    }
+
+
+def training_source_params() -> dict[str, Param]:
+    """What the training data is: events and labels (features computed), or a ready-made feature table."""
+    return {
+        "source_kind": Param(
+            EVENTS_SOURCE, type="string", enum=[EVENTS_SOURCE, FEATURE_TABLE_SOURCE],
+            description="events: features are computed from a table of timestamped events and a table of "
+            "labels. feature_table: one table already holds a row per entity (or per entity and snapshot date) "
+            "with the label and the feature columns.",
+        ),
+        **optional_relation_params(
+            "features", "Ready-made feature table (source_kind feature_table): entity key, label, optional "
+            "snapshot column, and feature columns used as they are."
+        ),
+    }
+
+
+def learning_params() -> dict[str, Param]:
+    """How the features are made and what is learnt: feature spec, task, train/valid/test split."""
+    return {
+        "feature_spec": Param(
+            None, type=["null", "object"],
+            description="Feature spec (JSON object, version 1): windows, aggregations per events column, how "
+            "entity attributes and feature-table columns are used. Empty: inferred from the column types.",
+        ),
+        "task": Param(
+            BINARY, type="string", enum=list(TASKS),
+            description="binary: a 0/1 label (probability of 1). multiclass: one of several labels. "
+            "regression: a number.",
+        ),
+        "split": Param(
+            AUTO_SPLIT, type="string", enum=list(SPLIT_METHODS),
+            description="time: the latest snapshot date is the test set, the one before it validation. entity: "
+            "a seeded hash of the entity key splits the entities 70/15/15. auto: time with 3 or more snapshot "
+            "dates, else entity.",
+        ),
+        "split_seed": Param(42, type="integer", minimum=0, description="Seed of the entity split."),
+    }
+
+
 def column_params(**defaults: str) -> dict[str, Param]:
     """Column names of the user's warehouse (they go into SQL: plain identifiers only)."""
     return {name: Param(default, type="string", pattern=COLUMN_PATTERN) for name, default in defaults.items()}
@@ -44,12 +106,33 @@ def optional_column_param(default: str, description: str) -> Param:
     return Param(default, type="string", pattern=OPTIONAL_COLUMN_PATTERN, description=description)
 
 
-def relation_args(kind: str) -> list[str]:
-    """The two CLI arguments of a relation: ``--{kind}-query Q`` when a query is set, else ``--{kind}-table T``."""
+def relation_args(kind: str, when: str | None = None) -> list[str]:
+    """The two CLI arguments of a relation: ``--{kind}-query Q`` when a query is set, else ``--{kind}-table T``.
+
+    With ``when`` (a Jinja test) the relation is passed empty unless it holds: a step's argument list has a
+    fixed length, so an unused source is given as ``''`` (the CLIs read an empty relation as none).
+    """
+    value = f"params.{kind}_query or params.{kind}_table"
     return [
         f"{{{{ '--{kind}-query' if params.{kind}_query else '--{kind}-table' }}}}",
-        f"{{{{ params.{kind}_query or params.{kind}_table }}}}",
+        f"{{{{ {value} }}}}" if when is None else f"{{{{ ({value} or '') if {when} else '' }}}}",
     ]
+
+
+def training_source_args() -> list[str]:
+    """extract's source: the feature table's relation, or the events, labels and entities relations."""
+    events = f"not {FEATURE_TABLE_TEMPLATE}"
+    return [
+        *relation_args("features", FEATURE_TABLE_TEMPLATE),
+        *relation_args("events", events),
+        *relation_args("labels", events),
+        "--entities-table", f"{{{{ params.entities_table if {events} else '' }}}}",
+    ]
+
+
+def json_arg(name: str) -> str:
+    """An object Param as one JSON argument; empty when not given."""
+    return f"{{{{ params.{name} | tojson if params.{name} else '' }}}}"
 
 
 def param_args(*names: str) -> list[str]:

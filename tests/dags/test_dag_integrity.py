@@ -101,7 +101,7 @@ def test_trials_are_mapped_on_the_gpu_pool(dagbag):
 
 def test_monitoring_reads_labels_through_a_features_step(dagbag):
     dag = dagbag.dags["model_monitoring"]
-    order = ["resolve_score_date", "extract_labels", "monitor", "read_report"]
+    order = ["resolve_score_date", "resolve_champion", "extract_labels", "monitor", "read_report"]
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream} missing"
     assert dag.get_task("decide_ab_test").upstream_task_ids == {"read_report", "rollback_if_degraded"}
@@ -109,16 +109,48 @@ def test_monitoring_reads_labels_through_a_features_step(dagbag):
         assert f"params.{name}" in " ".join(dag.get_task("extract_labels").arguments), name
 
 
+def dag_params(dagbag, dag_id: str):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = ParamsDict(dict(dagbag.dags[dag_id].params.items()))
+    params.validate()  # the defaults are valid
+    return params
+
+
 @pytest.mark.parametrize(
     "bad",
     [{"n_trials": 0}, {"n_trials": 1000}, {"promotion_threshold": 1.5}, {"entity_key": "id; drop table"},
-     {"cutoff": "yesterday"}, {"seed": -1}],
+     {"cutoff": "yesterday"}, {"seed": -1}, {"source_kind": "csv"}, {"task": "ranking"}, {"split": "random"},
+     {"split_seed": -1}, {"feature_spec": "windows: [7]"}, {"features_table": "features; drop table"},
+     {"snapshot_column": "as of"}],
 )
 def test_params_reject_bad_values(dagbag, bad):
-    from airflow.sdk.definitions.param import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError
 
-    params = ParamsDict(dict(dagbag.dags["ml_model_training"].params.items()))
-    params.validate()  # the defaults are valid
+    params = dag_params(dagbag, "ml_model_training")
     with pytest.raises(ParamValidationError):
         params.update(bad)
+
+
+def test_the_training_form_takes_the_users_own_data(dagbag):
+    """A feature table with one row per entity (no snapshot column), a spec, another task and split."""
+    params = dag_params(dagbag, "ml_model_training")
+    own = {"source_kind": "feature_table", "features_table": "warehouse.account_features", "snapshot_column": "",
+           "entity_key": "account_id", "label_column": "tier", "task": "multiclass", "split": "entity",
+           "split_seed": 7, "feature_spec": {"version": 1, "table_columns": {"plan": {"use": "one_hot"}}}}
+    params.update(own)
+    params.validate()
+    assert {name: params[name] for name in own} == own
+
+
+@pytest.mark.parametrize("dag_id", ["batch_prediction", "model_monitoring"])
+def test_scoring_and_monitoring_take_only_the_feature_table_name(dagbag, dag_id):
+    """The task, spec and source kind are the champion's own: only the table to read is a Param."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = dag_params(dagbag, dag_id)
+    assert params["features_table"] is None
+    assert not {"task", "split", "feature_spec", "source_kind"} & set(params.keys())
+    params.update({"features_table": "account_features"})
+    with pytest.raises(ParamValidationError):
+        params.update({"features_table": "account features"})

@@ -260,3 +260,93 @@ def test_monitor_reads_labels_from_the_extract_labels_step(cluster_pods):
     output = next(e["value"] for e in labels["env"] if e["name"] == "STEP_OUTPUT_URI")
     assert monitor["args"][monitor["args"].index("--labels") + 1] == output
     assert "WAREHOUSE_URI" not in {e["name"] for e in monitor["env"]}, "the monitor pod needs no warehouse secret"
+
+
+def render_dag(monkeypatch, dag_id: str, **params) -> dict[str, list[str]]:
+    """The container args of each step of one DAG, rendered with some Params set as a trigger form would."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from devtools.render import render_pods
+
+    for name, value in CLUSTER_ENV.items():
+        monkeypatch.setenv(name, value)
+    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags[dag_id]
+    for name, value in params.items():
+        dag.params[name] = value  # validated like the form's values
+    return {task: pod.spec.containers[0].args for task, pod in render_pods(dag).items()}
+
+
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def parse(module: str, args: list[str]):
+    """The args as the step's own CLI parses them (an unknown option or a bad value fails here)."""
+    if module == "features":
+        from features.cli import commands
+
+        return commands().parser.parse_args(args)
+    from mlcontract.env import StepEnvironment
+    from trainer.cli import build_commands
+
+    return build_commands(StepEnvironment()).parser.parse_args(args)
+
+
+def test_every_step_argument_parses_with_its_image_cli(cluster_pods):
+    for (dag_id, task), pod in cluster_pods.items():
+        parsed = parse(pod["metadata"]["labels"]["app.kubernetes.io/component"], pod["spec"]["containers"][0]["args"])
+        assert parsed.command == pod["spec"]["containers"][0]["args"][0], (dag_id, task)
+
+
+def test_training_defaults_infer_the_spec_for_a_binary_label_with_an_auto_split(cluster_pods):
+    def args(task):
+        return cluster_pods[("ml_model_training", task)]["spec"]["containers"][0]["args"]
+
+    extract = parse("features", args("extract"))
+    assert (extract.features_table, extract.events_table, extract.labels_table) == ("", "events", "churn_labels")
+    raw = parse("features", args("validate_raw"))
+    assert (raw.task, raw.split) == ("binary", "auto")
+    build = parse("features", args("build_features"))
+    assert (build.feature_spec, build.task, build.split, build.split_seed) == ("", "binary", "auto", 42)
+
+
+def test_training_on_a_feature_table_with_a_spec_task_and_split(monkeypatch):
+    spec = {"version": 1, "table_columns": {"plan": {"use": "one_hot", "top_k": 5}, "balance": {"use": "numeric"}}}
+    steps = render_dag(monkeypatch, "ml_model_training", source_kind="feature_table",
+                       features_table="warehouse.account_features", snapshot_column="", entity_key="account_id",
+                       label_column="tier", feature_spec=spec, task="multiclass", split="entity", split_seed=7)
+    extract = parse("features", steps["extract"])
+    # only the feature table: the events side is passed empty, which the extract reads as none
+    assert extract.features_table == "warehouse.account_features"
+    assert not (extract.events_table or extract.labels_table or extract.entities_table or extract.snapshot_column)
+    assert (extract.entity_key, extract.label_column) == ("account_id", "tier")
+    raw = parse("features", steps["validate_raw"])
+    assert (raw.task, raw.split) == ("multiclass", "entity")
+    build = parse("features", steps["build_features"])
+    assert (json.loads(build.feature_spec), build.task, build.split, build.split_seed) == (spec, "multiclass",
+                                                                                           "entity", 7)
+    query = render_dag(monkeypatch, "ml_model_training", source_kind="feature_table",
+                       features_query="select * from account_features where region = 'eu'")["extract"]
+    assert option(query, "--features-query") == "select * from account_features where region = 'eu'"
+
+
+def test_scoring_a_feature_table_reads_its_rows_with_the_champions_columns(monkeypatch):
+    events = render_dag(monkeypatch, "batch_prediction")["extract_scoring"]
+    parsed = parse("features", events)
+    assert (parsed.features_table, parsed.events_table, parsed.entities_table) == ("", "events", "customers")
+    table = parse("features", render_dag(monkeypatch, "batch_prediction",
+                                         features_table="account_features")["extract_scoring"])
+    assert table.features_table == "account_features"
+    assert not (table.events_table or table.entities_table or table.signup_column)
+    # the snapshot and label columns are pinned from the champion's training snapshot, not Params
+    assert (table.snapshot_column, table.label_column) == ("", "")  # the render sample: an events champion
+
+
+def test_monitoring_reads_a_feature_tables_labels_with_the_champions_task(monkeypatch):
+    labels = parse("features", render_dag(monkeypatch, "model_monitoring")["extract_labels"])
+    assert (labels.labels_table, labels.snapshot_column, labels.label_column, labels.task) == (
+        "churn_labels", "snapshot_ts", "churned", "binary")
+    table = parse("features", render_dag(monkeypatch, "model_monitoring",
+                                         features_table="account_features")["extract_labels"])
+    assert table.labels_table == "account_features"
+    assert (table.snapshot_column, table.label_column) == ("", "")  # the champion's (render sample: events)

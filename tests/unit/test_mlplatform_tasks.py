@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
-from mlcontract.manifests import EvaluateManifest, ModelEvaluation, MonitorManifest, TrialManifest
+from mlcontract.manifests import EvaluateManifest, ModelEvaluation, MonitorManifest, SnapshotManifest, TrialManifest
 from mlcontract.rules import Score, decide_ab, decide_rollback
 from mlplatform import monitoring, params, scoring, training, xcom
 from mlplatform.deployment import Deployment
@@ -78,30 +78,75 @@ def deployment(mode: str, version: str = "4") -> Deployment:
                       challenger_share=0.2 if mode == "ab_test" else 0.0, dag_id="d", run_id="r", deployed_at="t")
 
 
+def snapshot(task: str = "binary", table_columns: dict | None = None, columns: dict | None = None) -> SnapshotManifest:
+    """A training snapshot's manifest: events (no table columns in the spec) or a ready-made feature table."""
+    return SnapshotManifest(
+        snapshot_hash="h", feature_columns=["f"], rows={"train": 9}, label_rate={"train": 0.5},
+        splits={"train": ["2026-01-01"]}, feature_config={"version": 1, "table_columns": table_columns or {}},
+        categories={}, code_version="c", task=task,
+        columns=columns or {"entity_id": "customer_id", "snapshot_ts": "snapshot_ts", "label": "churned"},
+    )
+
+
+EVENTS_SNAPSHOT = snapshot()
+TABLE_SNAPSHOT = snapshot(
+    "multiclass", {"plan": {"use": "one_hot", "top_k": 3}},
+    {"entity_id": "account", "snapshot_ts": "as_of", "label": "tier"},
+)
+
+
+def pin(version: str = "4", record: Deployment | None = None, snapshot: SnapshotManifest = EVENTS_SNAPSHOT, **tags):
+    return scoring.pin(model_version(version, **tags), record, model_name="m", score_date="2026-03-01",
+                       snapshot=snapshot)
+
+
 def test_pin_without_an_ab_test_serves_the_champion_only():
-    pinned = scoring.pin(model_version(), deployment("full"), model_name="m", score_date="2026-03-01")
+    pinned = pin(record=deployment("full"))
     assert (pinned.version, pinned.snapshot_uri, pinned.deploy_mode) == ("4", "s3://snap", "full")
     assert (pinned.ab_challenger_share, pinned.challenger_version) == (0.0, "")
-    assert scoring.pin(model_version(), None, model_name="m", score_date="d").deploy_mode == "full"
+    assert pin().deploy_mode == "full"
 
 
 def test_pin_takes_the_challenger_arm_from_the_champions_ab_deployment():
-    pinned = scoring.pin(model_version(), deployment("ab_test"), model_name="m", score_date="d")
+    pinned = pin(record=deployment("ab_test"))
     assert (pinned.deploy_mode, pinned.ab_challenger_share, pinned.challenger_version) == ("ab_test", 0.2, "6")
 
 
 def test_an_ab_record_for_another_version_is_ignored():
-    pinned = scoring.pin(model_version("5"), deployment("ab_test", version="4"), model_name="m", score_date="d")
+    pinned = pin("5", deployment("ab_test", version="4"))
     assert (pinned.deploy_mode, pinned.challenger_version) == ("full", "")
 
 
 def test_a_champion_without_its_training_snapshot_cannot_score():
     with pytest.raises(scoring.ChampionUnavailable, match="snapshot_uri"):
-        scoring.pin(model_version(tags={}), None, model_name="m", score_date="d")
+        pin(tags={})
 
 
-def test_the_render_sample_has_every_pinned_key():
+def test_the_task_and_source_are_the_champions_own():
+    """What the champion learnt comes from its training snapshot; a feature table's columns with it."""
+    events = pin()
+    assert (events.task, events.source_kind, events.snapshot_column, events.label_column) == (
+        "binary", "events", "", "")
+    table = pin(snapshot=TABLE_SNAPSHOT)
+    assert (table.task, table.source_kind, table.snapshot_column, table.label_column) == (
+        "multiclass", "feature_table", "as_of", "tier")
+    one_row_per_entity = snapshot(table_columns={"x": {"use": "numeric"}}, columns={"entity_id": "id", "label": "y"})
+    assert scoring.trained_on(one_row_per_entity).snapshot_column == ""
+
+
+def test_the_scoring_source_must_be_the_kind_the_champion_learnt_from():
+    scoring.check_source(pin(), "m v4", None)
+    scoring.check_source(pin(snapshot=TABLE_SNAPSHOT), "m v4", "accounts_features")
+    with pytest.raises(scoring.ChampionUnavailable, match="m v4 was trained on a ready-made feature table: set "
+                       "features_table"):
+        scoring.check_source(pin(snapshot=TABLE_SNAPSHOT), "m v4", "")
+    with pytest.raises(scoring.ChampionUnavailable, match="trained on events.*'accounts_features'"):
+        scoring.check_source(pin(), "m v4", "accounts_features")
+
+
+def test_the_render_samples_have_every_pinned_key():
     assert set(scoring.SAMPLE_PIN) == set(scoring.PinnedChampion.model_fields)
+    assert set(scoring.SAMPLE_TRAINED_ON) == set(scoring.TrainedOn.model_fields)
 
 
 # --- monitoring ------------------------------------------------------------------------------------------
@@ -168,6 +213,54 @@ def test_a_query_replaces_the_table():
         "{{ params.labels_query or params.labels_table }}",
     ]
     assert params.param_args("entity_key") == ["--entity-key", "{{ params.entity_key }}"]
+
+
+def render(arguments: list[str], **values) -> list[str]:
+    import jinja2
+
+    return [jinja2.Environment().from_string(argument).render(params=values) for argument in arguments]
+
+
+TRAINING_PARAMS = {name: param.value for name, param in {
+    **params.training_source_params(), **params.relation_params("events", "events", "d"),
+    **params.relation_params("labels", "churn_labels", "d"), **params.learning_params(),
+}.items()} | {"entities_table": "customers"}
+
+
+def test_the_training_source_is_events_and_labels_or_a_feature_table():
+    """Each argument is one template, so the unused source's options are passed empty (read as none)."""
+    assert render(params.training_source_args(), **TRAINING_PARAMS) == [
+        "--features-table", "", "--events-table", "events", "--labels-table", "churn_labels",
+        "--entities-table", "customers",
+    ]
+    table = {**TRAINING_PARAMS, "source_kind": "feature_table", "features_table": "account_features"}
+    assert render(params.training_source_args(), **table) == [
+        "--features-table", "account_features", "--events-table", "", "--labels-table", "", "--entities-table", "",
+    ]
+    query = {**table, "features_query": "select * from f", "events_query": "select 1"}
+    assert render(params.training_source_args(), **query)[:4] == [
+        "--features-query", "select * from f", "--events-query", ""]
+    # a feature table named nowhere: passed empty, never as the text "None"
+    assert render(params.training_source_args(), **{**table, "features_table": None})[:2] == ["--features-table", ""]
+
+
+def test_the_feature_spec_is_passed_as_json_or_empty_for_inferred():
+    import json
+
+    spec = {"version": 1, "windows_days": [7, 30], "events": {"amount": {"kind": "numeric"}}}
+    assert json.loads(render([params.json_arg("feature_spec")], feature_spec=spec)[0]) == spec
+    assert render([params.json_arg("feature_spec")], feature_spec=None) == [""]
+
+
+def test_learning_params_offer_exactly_the_contracts_choices():
+    from mlcontract.names import SPLIT_METHODS, TASKS
+
+    learning = params.learning_params()
+    assert learning["task"].schema["enum"] == list(TASKS) and learning["task"].value == "binary"
+    assert learning["split"].schema["enum"] == list(SPLIT_METHODS) and learning["split"].value == "auto"
+    # optional for the form: null (the default) means "inferred from the data"
+    assert learning["feature_spec"].value is None and "null" in learning["feature_spec"].schema["type"]
+    assert params.training_source_params()["source_kind"].schema["enum"] == ["events", "feature_table"]
 
 
 def test_score_date_is_the_param_else_when_the_run_was_due():
