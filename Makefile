@@ -30,6 +30,7 @@ SHAPE ?= demo
 BENCH_EVENTS ?= 10000000
 BENCH_ARGS ?=
 BENCH_RETAIL_ARGS ?= --sizes 2500,5000,10000 --quality-size 5000
+BENCH_SHAPES_ARGS ?= --customers 10000
 GPU_POOL_SLOTS ?= 2
 AIRFLOW_PORT ?= 8080
 MLFLOW_PORT ?= 5000
@@ -94,6 +95,7 @@ serve: venv ## Serve the champion model with an MLflow model server
 bench: venv ## Benchmarks: polars vs DuckDB build, gates; inferred spec vs featuretools and RFM (bench/results/)
 	$(BIN)/python bench/bench_features.py --events $(BENCH_EVENTS) $(BENCH_ARGS)
 	$(BIN)/python bench/bench_retail.py $(BENCH_RETAIL_ARGS)
+	$(BIN)/python bench/bench_shapes.py $(BENCH_SHAPES_ARGS)
 
 clean: ## Remove everything the embedded default wrote (.local/ and build/)
 	rm -rf $(MLPLATFORM_HOME) build
