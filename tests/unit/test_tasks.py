@@ -35,6 +35,7 @@ from mlcontract.manifests import (
 )
 from mlcontract.names import LABELS_FILE, MULTICLASS, PREDICTION_COLUMNS, REGRESSION
 from mlcontract.source import LabelSource
+from test_trainer import mlflow_env  # noqa: F401 - the module's MLflow registry fixture
 from trainer.cli import main
 
 FEATURES = [f"x{i}" for i in range(6)]
@@ -97,19 +98,6 @@ def split_frame(build_dir: str, split: str) -> pl.DataFrame:
     return pl.read_parquet(storage.local_path(uri))
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tasks")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.setenv("MLFLOW_ARTIFACT_LOCATION", str(root / "artifacts"))
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", "test-tasks")
-        mp.setenv("PIPELINE_DAG_ID", "ml_model_training")
-        mp.delenv("WAREHOUSE_URI", raising=False)
-        yield {"root": root, "mp": mp}
-
-
 def client():
     from mlflow import MlflowClient
 
@@ -131,8 +119,11 @@ def evaluate(build_dir: str, out: Path, name: str, version: str) -> EvaluateMani
     return EvaluateManifest.read(str(out))
 
 
-def score_day(build_dir: str, tmp_path: Path, name: str, frame: pl.DataFrame | None = None) -> ScoreManifest:
-    """The build-scoring output for the test split (or ``frame``), scored by @champion."""
+def score_day(
+    build_dir: str, tmp_path: Path, name: str, frame: pl.DataFrame | None = None, *extra: str
+) -> ScoreManifest:
+    """The build-scoring output for the test split (or ``frame``), scored by @champion (``extra``: options
+    of `trainer score`)."""
     features = (split_frame(build_dir, "test") if frame is None else frame).drop("label")
     directory = tmp_path / "build_scoring"
     directory.mkdir(parents=True, exist_ok=True)
@@ -143,7 +134,8 @@ def score_day(build_dir: str, tmp_path: Path, name: str, frame: pl.DataFrame | N
         feature_config_hash="-", extract="-", extract_content_hash="-", as_of=f"{DAY}T00:00:00",
         score_date=DAY.isoformat(), content_hash="-",
     ).write(str(directory))
-    assert main(["score", "--features", str(directory), "--model-name", name, "--out", str(tmp_path / "score")]) == 0
+    args = ["score", "--features", str(directory), "--model-name", name, "--out", str(tmp_path / "score"), *extra]
+    assert main(args) == 0
     return ScoreManifest.read(str(tmp_path / "score"))
 
 
@@ -200,11 +192,11 @@ def promotion(evaluation: EvaluateManifest, margin: float = 0.0):
 # --- multiclass ---------------------------------------------------------------------------------------------
 
 
-def test_multiclass_from_trial_to_monitoring(registry, tmp_path, capsys):
+def test_multiclass_from_trial_to_monitoring(mlflow_env, tmp_path, capsys):  # noqa: F811
     import mlflow
 
-    mp, name = registry["mp"], "tiers"
-    build_dir = make_task_snapshot(registry["root"] / "mc", MULTICLASS)
+    mp, name = mlflow_env, "tiers"
+    build_dir = make_task_snapshot(tmp_path / "mc", MULTICLASS)
 
     # trial: early stopping on multiclass log loss, lower is better
     args = ["trial", "--features", build_dir, "--params", json.dumps(FAST), "--seed", "1", "--out",
@@ -286,13 +278,24 @@ def test_multiclass_from_trial_to_monitoring(registry, tmp_path, capsys):
     assert previous.value == pytest.approx(evaluation.challenger.metrics["log_loss"], abs=1e-6)
     assert report.rollback.action == "rollback" and not report.rollback.higher_is_better, report.rollback.reason
 
+    # an A/B test: each arm's log loss, its versions rescored on the arm's own rows
+    client().set_registered_model_alias(name, "champion", trained.model_version)
+    client().delete_registered_model_alias(name, "previous-champion")
+    ab_day = score_day(build_dir, tmp_path / "ab", name, None, "--ab-challenger-share", "0.5",
+                       "--challenger-version", weak.model_version)
+    ab = publish_and_monitor(ab_day, tmp_path / "ab", name, realised_labels).ab
+    assert ab.rule == "ab_test" and ab.metric == "log_loss" and ab.action == "keep", ab.reason
+    assert (ab.incumbent.version, ab.candidate.version) == (trained.model_version, weak.model_version)
+    assert ab.incumbent.rows + ab.candidate.rows == test.height
+    assert ab.incumbent.value < ab.candidate.value - 0.2
+
 
 # --- regression ---------------------------------------------------------------------------------------------
 
 
-def test_regression_from_trial_to_monitoring(registry, tmp_path, capsys):
-    mp, name = registry["mp"], "spend"
-    build_dir = make_task_snapshot(registry["root"] / "reg", REGRESSION)
+def test_regression_from_trial_to_monitoring(mlflow_env, tmp_path, capsys):  # noqa: F811
+    mp, name = mlflow_env, "spend"
+    build_dir = make_task_snapshot(tmp_path / "reg", REGRESSION)
 
     args = ["trial", "--features", build_dir, "--trial-index", "1", "--n-trials", "2", "--max-rounds", "200",
             "--seed", "1", "--out", str(tmp_path / "trial"), "--log-every", "50"]
@@ -343,10 +346,10 @@ def test_regression_from_trial_to_monitoring(registry, tmp_path, capsys):
     assert drifted.prediction_psi > 0.2 and drifted.drift_detected
 
 
-def test_a_champion_of_another_task_is_not_comparable(registry, tmp_path):
-    mp, name = registry["mp"], "switch"
-    multiclass = make_task_snapshot(registry["root"] / "sw-mc", MULTICLASS, seed=4, rows=600)
-    regression = make_task_snapshot(registry["root"] / "sw-reg", REGRESSION, seed=4, rows=600)
+def test_a_champion_of_another_task_is_not_comparable(mlflow_env, tmp_path):  # noqa: F811
+    mp, name = mlflow_env, "switch"
+    multiclass = make_task_snapshot(tmp_path / "sw-mc", MULTICLASS, seed=4, rows=600)
+    regression = make_task_snapshot(tmp_path / "sw-reg", REGRESSION, seed=4, rows=600)
     champion = train(multiclass, tmp_path / "t1", name, "sw-1", mp)
     client().set_registered_model_alias(name, "champion", champion.model_version)
     challenger = train(regression, tmp_path / "t2", name, "sw-2", mp)
@@ -387,3 +390,23 @@ def test_best_trial_follows_the_metric_direction():
     best = training.best_trial([trial(0, 3.0), trial(1, 2.5), trial(2, 2.5), trial(3, 2.9)])
     assert best["trial"] == 1 and best["metric"] == "rmse" and best["valid_metric"] == 2.5
     assert best["valid_auc"] is None
+
+
+def test_publishing_adds_predicted_class_to_a_table_of_an_older_release(tmp_path):
+    import sqlalchemy as sa
+    from features.publish import write_predictions_table
+
+    warehouse = f"sqlite:///{tmp_path / 'w.db'}"
+    engine = sa.create_engine(warehouse)
+    with engine.begin() as conn:  # the table as the release before tasks created it
+        conn.execute(sa.text("CREATE TABLE churn_predictions (entity_id TEXT NOT NULL, score_date DATE NOT NULL, "
+                             "score FLOAT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL, "
+                             "alias TEXT NOT NULL, dag_run_id TEXT NOT NULL)"))
+    predictions = pl.DataFrame({"entity_id": ["a", "b"], "score_date": [DAY, DAY], "score": [0.7, 0.9],
+                                "predicted_class": ["gold", None], "model_name": ["m", "m"],
+                                "model_version": ["1", "1"], "alias": ["champion"] * 2, "dag_run_id": ["r"] * 2})
+    assert write_predictions_table(warehouse, "churn_predictions", predictions)["inserted"] == 2
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT entity_id, predicted_class FROM churn_predictions ORDER BY 1")).fetchall()
+    engine.dispose()
+    assert [tuple(row) for row in rows] == [("a", "gold"), ("b", None)]

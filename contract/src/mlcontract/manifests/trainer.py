@@ -12,6 +12,13 @@ from mlcontract.rules import Decision, Score
 Task = Literal["binary", "multiclass", "regression"]
 
 
+def _filled(data: Any, field: str, older: str) -> Any:
+    """Manifests written before tasks existed hold only the AUC (``older``): it is ``field`` too."""
+    if isinstance(data, dict) and data.get(field) is None and data.get(older) is not None:
+        return {**data, field: data[older]}
+    return data
+
+
 class TrialManifest(Manifest):
     """``trial``: one hyperparameter set fitted on train, scored on valid (no MLflow)."""
 
@@ -35,10 +42,7 @@ class TrialManifest(Manifest):
     @model_validator(mode="before")
     @classmethod
     def _metric_from_auc(cls, data: Any) -> Any:
-        # manifests written before tasks existed hold only valid_auc
-        if isinstance(data, dict) and data.get("valid_metric") is None and data.get("valid_auc") is not None:
-            data = {**data, "valid_metric": data["valid_auc"]}
-        return data
+        return _filled(data, "valid_metric", "valid_auc")
 
 
 class TrainManifest(Manifest):
@@ -148,10 +152,7 @@ class RealisedMetric(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _value_from_auc(cls, data: Any) -> Any:
-        # reports written before tasks existed hold only auc
-        if isinstance(data, dict) and data.get("value") is None and data.get("auc") is not None:
-            data = {**data, "value": data["auc"]}
-        return data
+        return _filled(data, "value", "auc")
 
     def score(self) -> Score:
         return Score(version=self.version, value=self.value, rows=self.rows, comparable=self.comparable,

@@ -148,7 +148,8 @@ def _fitting(sub: argparse.ArgumentParser, env: StepEnvironment, params_required
         help="xgboost device (default: env XGB_DEVICE, else cpu)",
     )
     sub.add_argument(
-        "--log-every", type=int, default=100, metavar="N", help="log validation AUC every N boosting rounds"
+        "--log-every", type=int, default=100, metavar="N",
+        help="log the validation metric (the task's: AUC, log loss, RMSE) every N boosting rounds",
     )
 
 
@@ -215,10 +216,16 @@ def build_commands(env: StepEnvironment) -> Commands:
     monitor_command.add_argument(
         "--min-rows", type=int, default=100, help="fewer rows: no drift/rollback/A-B verdict"
     )
+    # the margins are in the champion's task's terms (mlcontract.rules.TASK_METRICS)
     monitor_command.add_argument(
-        "--rollback-margin", type=float, default=0.01, help="AUC the previous champion must add"
+        "--rollback-margin", type=float, default=0.01,
+        help="how much better the previous champion must be: AUC to add (binary), or a relative improvement "
+        "of log loss (multiclass) or RMSE (regression), 0.01 = 1%%",
     )
-    monitor_command.add_argument("--ab-margin", type=float, default=0.0, help="AUC the challenger arm must add")
+    monitor_command.add_argument(
+        "--ab-margin", type=float, default=0.0,
+        help="how much better the challenger arm must be, in the same terms as --rollback-margin",
+    )
     monitor_command.add_argument(
         "--ignore-features", type=names, default=(), metavar="A,B",
         help="comma-separated features left out of the drift check",
