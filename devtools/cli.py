@@ -40,7 +40,9 @@ def oracle_auc(warehouse_uri: str) -> float | None:
     return float(rows["oracle_auc"]) if "oracle_auc" in rows else None
 
 
-SUMMARY_METRICS = ("test_auc", "test_pr_auc", "test_log_loss", "test_brier", "valid_auc")
+# the test metrics a run reports, per task (binary, multiclass, regression); those the run has are shown
+SUMMARY_METRICS = ("test_auc", "test_pr_auc", "test_log_loss", "test_brier", "valid_auc", "test_accuracy",
+                   "test_macro_f1", "test_rmse", "test_mae", "test_r2")
 
 
 def summary(_: argparse.Namespace) -> int:
@@ -62,7 +64,8 @@ def summary(_: argparse.Namespace) -> int:
             f"{name}: {'passed' if gate['success'] else 'FAILED'}" for name, gate in run["gates"].items()
         ),
         f"snapshot       {run['snapshot']['hash'][:12]}… ({'reused' if run['snapshot']['reused'] else 'built'})",
-        f"best trial     #{best['trial']} valid AUC {best['valid_auc']:.4f} params {json.dumps(best['params'])}",
+        f"best trial     #{best['trial']} valid {best.get('metric', 'auc')} "
+        f"{best.get('valid_metric', best.get('valid_auc')):.4f} params {json.dumps(best['params'])}",
         "metrics        " + "  ".join(f"{k} {metrics[k]:.4f}" for k in SUMMARY_METRICS if k in metrics),
     ]
     if oracle and test_auc:
