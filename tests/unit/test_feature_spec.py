@@ -29,6 +29,7 @@ def events() -> pl.DataFrame:
         "amount": [float(i % 17) for i in range(N)],
         "items": [i % 5 for i in range(N)],
         "is_promo": [i % 3 == 0 for i in range(N)],
+        "used_coupon": [i % 2 for i in range(N)],  # a boolean stored as 0/1 integers
         "channel": [["web", "app", "store"][i % 3] for i in range(N)],
         "sku": [f"sku{i % 120}" for i in range(N)],  # 120 distinct over 400 rows: high cardinality
         "order_id": [f"o{i}" for i in range(N)],  # unique per row: an id
@@ -57,7 +58,7 @@ def test_inference_per_column_type():
     spec = infer_spec(events().lazy(), ENTITIES.lazy(), SPINE.lazy())
     kinds = {name: column.kind for name, column in spec.events.items()}
     assert kinds == {
-        "amount": "numeric", "items": "numeric", "is_promo": "boolean", "channel": "categorical",
+        "amount": "numeric", "items": "numeric", "is_promo": "boolean", "used_coupon": "boolean", "channel": "categorical",
         "sku": "high_cardinality", "order_id": "ignore", "line_no": "ignore", "shipped_ts": "timestamp", "empty": "ignore",
     }
     assert spec.events["amount"].aggregations == ["sum", "mean", "min", "max", "std", "last"]

@@ -30,7 +30,8 @@ streaming pass, each column's non-null count and distinct count (exact):
 - numeric events column (integers and floats): ``numeric`` with sum, mean, min, max, std and last;
   an integer column with more than 50 distinct values making up >= 95 % of its non-null rows is an id:
   ``ignore``;
-- boolean: ``boolean`` with sum (true count) and mean (true share);
+- boolean, or an integer column holding only 0 and 1: ``boolean`` with sum (true count) and mean
+  (true share);
 - string (or categorical) with at most ``CATEGORICAL_MAX_DISTINCT`` (50) distinct values: ``categorical``,
   ``top_k`` = min(20, distinct), count and share; more distinct values: ``high_cardinality`` with
   distinct_count, unless the column is an id (distinct values >= ``ID_UNIQUE_SHARE`` (95 %) of its
@@ -40,8 +41,8 @@ streaming pass, each column's non-null count and distinct count (exact):
 - windows: 7 and 30 days always, plus 90, 180 and 365 where the history before the *median* snapshot
   instant (from the first event) covers them; ``ratios`` [[30, 90]] when 90 is a window;
   ``recency`` and ``tenure`` on;
-- entity attributes and the columns of a ready-made feature table: numeric -> ``numeric``, boolean ->
-  ``boolean``, timestamp/date -> ``days_since``, string with <= 50 distinct values -> ``one_hot``
+- entity attributes and the columns of a ready-made feature table: numeric -> ``numeric``, boolean (or
+  0/1 integer) -> ``boolean``, timestamp/date -> ``days_since``, string with <= 50 distinct values -> ``one_hot``
   (top_k = min(20, distinct)), any other string (an id, free text) or type -> ``ignore``;
 - a ready-made feature table without events gets no event features (empty windows, no recency/tenure).
 """
@@ -52,7 +53,7 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import polars as pl
 import yaml
@@ -317,19 +318,25 @@ def check_spec(
 # ------------------------------------------------------------------------------------------------ inference
 
 
+class _Stats(NamedTuple):
+    count: int  # non-null values
+    distinct: int  # distinct non-null values (string and integer columns; else 0)
+    zero_one: bool  # an integer column holding only 0 and 1 (a boolean, as SQLite and others store one)
+
+
 def _stats_exprs(schema: pl.Schema, names: list[str]) -> list[pl.Expr]:
-    """Non-null count of every column; distinct count of the string and integer ones (where it decides)."""
+    """Non-null count of every column; distinct count and 0/1-ness of the string and integer ones."""
     exprs = []
     for i, name in enumerate(names):
-        exprs.append(pl.col(name).count().alias(f"c{i}"))
-        decides = _is_string(schema[name]) or schema[name].is_integer()
-        distinct = pl.col(name).drop_nulls().n_unique() if decides else pl.lit(0)
-        exprs.append(distinct.alias(f"u{i}"))
+        column, integer = pl.col(name), schema[name].is_integer()
+        distinct = column.drop_nulls().n_unique() if _is_string(schema[name]) or integer else pl.lit(0)
+        zero_one = (column.min() >= 0) & (column.max() <= 1) if integer else pl.lit(False)
+        exprs += [column.count().alias(f"c{i}"), distinct.alias(f"u{i}"), zero_one.alias(f"b{i}")]
     return exprs
 
 
-def _read_stats(row: dict[str, Any], names: list[str]) -> dict[str, tuple[int, int]]:
-    return {name: (int(row[f"c{i}"]), int(row[f"u{i}"])) for i, name in enumerate(names)}
+def _read_stats(row: dict[str, Any], names: list[str]) -> dict[str, _Stats]:
+    return {name: _Stats(int(row[f"c{i}"]), int(row[f"u{i}"]), bool(row[f"b{i}"])) for i, name in enumerate(names)}
 
 
 def _string_choice(count: int, distinct: int) -> str:
@@ -340,11 +347,11 @@ def _string_choice(count: int, distinct: int) -> str:
     return "high_cardinality"
 
 
-def _infer_event_column(dtype: pl.DataType, count: int, distinct: int) -> EventColumn:
+def _infer_event_column(dtype: pl.DataType, count: int, distinct: int, zero_one: bool) -> EventColumn:
     if count == 0:
         return EventColumn(kind="ignore")
     top_k = None
-    if dtype == pl.Boolean:
+    if dtype == pl.Boolean or zero_one:
         kind = "boolean"
     elif dtype.is_integer() and _string_choice(count, distinct) == "id":
         kind = "ignore"  # an integer unique per row is an id (summing it would be noise, and overflow)
@@ -363,10 +370,10 @@ def _infer_event_column(dtype: pl.DataType, count: int, distinct: int) -> EventC
     return EventColumn(kind=kind, aggregations=list(DEFAULT_AGGREGATIONS[kind]) or None, top_k=top_k)
 
 
-def _infer_use(dtype: pl.DataType, count: int, distinct: int) -> ColumnUse:
+def _infer_use(dtype: pl.DataType, count: int, distinct: int, zero_one: bool) -> ColumnUse:
     if count == 0:
         return ColumnUse(use="ignore")
-    if dtype == pl.Boolean:
+    if dtype == pl.Boolean or zero_one:
         return ColumnUse(use="boolean")
     if dtype.is_numeric():
         return ColumnUse(use="numeric")
