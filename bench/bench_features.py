@@ -23,10 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness import best_of, machine, measure_command
+from harness import best_of, machine, measure_command, write_results
 
-BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "results"
 TARGET_SPEEDUP = 1.0  # polars at least as fast as DuckDB
 TARGET_GATE_SHARE = 0.25
 
@@ -356,10 +354,7 @@ def main() -> None:
             )
     report["targets"] = targets
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "features.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (RESULTS / "features.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results("features", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ covered by the training pipeline's own end-to-end test. Writes ``bench/results/s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
-from harness import machine
+from harness import machine, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BAR = 0.97
 SHAPES = ("retail", "feature-table", "multiclass", "regression")
 
@@ -173,10 +171,7 @@ def main() -> None:
         print(f"== {shape}", flush=True)
         report["shapes"][shape] = run_shape(shape, options.customers, workdir)
         print(f"  {report['shapes'][shape]}", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "shapes.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (RESULTS / "shapes.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results("shapes", report, markdown(report))
 
 
 if __name__ == "__main__":

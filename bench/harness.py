@@ -67,3 +67,14 @@ def machine() -> str:
     import platform
 
     return f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+def write_results(name: str, report: dict, markdown: str) -> None:
+    """``bench/results/{name}.json`` (every figure) and ``{name}.md`` (the tables); prints the tables."""
+    import json
+
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (results / f"{name}.md").write_text(markdown)
+    print(markdown)

@@ -58,8 +58,23 @@ CHURN_SPEND_TREND = -0.35  # * (log1p(spend last 30d) - log1p(monthly spend in t
 CHURN_TENURE = -0.18  # * log1p(tenure in months)
 
 
+class HistoryWindow:
+    """``days`` of history ending at midnight of ``end_date`` (the generators' configs)."""
+
+    days: int
+    end_date: date
+
+    @property
+    def end(self) -> datetime:
+        return datetime(self.end_date.year, self.end_date.month, self.end_date.day)
+
+    @property
+    def start(self) -> datetime:
+        return self.end - timedelta(days=self.days)
+
+
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(HistoryWindow):
     customers: int = 10_000
     events_per_customer: float = 40.0
     days: int = 240
@@ -86,14 +101,6 @@ class SynthConfig:
                 f"days={self.days} is too short for {self.snapshots} snapshots every "
                 f"{self.snapshot_interval_days} days plus a {self.label_horizon_days}-day label horizon"
             )
-
-    @property
-    def end(self) -> datetime:
-        return datetime(self.end_date.year, self.end_date.month, self.end_date.day)
-
-    @property
-    def start(self) -> datetime:
-        return self.end - timedelta(days=self.days)
 
     @property
     def snapshot_dates(self) -> list[datetime]:

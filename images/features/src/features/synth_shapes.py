@@ -73,7 +73,7 @@ INDUSTRIES = (
 
 
 @dataclass(frozen=True)
-class ShapeConfig:
+class ShapeConfig(synth.HistoryWindow):
     shape: str = "retail"
     customers: int = 10_000  # entities (clients, accounts, shoppers, members)
     events_per_customer: float = 40.0
@@ -106,14 +106,6 @@ class ShapeConfig:
     @property
     def n_cutoffs(self) -> int:
         return self.cutoffs if self.cutoffs is not None else DEFAULT_CUTOFFS[self.shape]
-
-    @property
-    def end(self) -> datetime:
-        return datetime(self.end_date.year, self.end_date.month, self.end_date.day)
-
-    @property
-    def start(self) -> datetime:
-        return self.end - timedelta(days=self.days)
 
     @property
     def cutoff_dates(self) -> list[datetime]:
@@ -384,15 +376,6 @@ def _retail(config: ShapeConfig, rng: np.random.Generator) -> ShapeData:
             "store_code": stores[events["store"].to_numpy()],
         }
     )
-    labels = pl.concat(label_rows).sort("owner", "cutoff")
-    truth = pl.DataFrame(
-        {
-            "client_ref": ids[labels["owner"].to_numpy()],
-            "cutoff_ts": labels["cutoff"].cast(pl.Datetime("us")),
-            "churned": labels["churned"].cast(pl.Int32),
-            "p_true": labels["p_true"],
-        }
-    )
     source = Source(
         task=BINARY,
         events_table="transactions",
@@ -402,8 +385,9 @@ def _retail(config: ShapeConfig, rng: np.random.Generator) -> ShapeData:
         snapshot_column="cutoff_ts",
         label_column="churned",
     )
-    return ShapeData(
-        "retail", source, {"transactions": transactions, "churn_at_cutoff": truth.drop("p_true")}, truth
+    labels = pl.concat(label_rows).sort("owner", "cutoff")
+    return _event_shape(
+        "retail", source, transactions, ids, labels, labels["churned"].cast(pl.Int32), ["p_true"]
     )
 
 
@@ -539,14 +523,6 @@ def _multiclass(config: ShapeConfig, rng: np.random.Generator) -> ShapeData:
             "via_app": via_app,
         }
     )
-    labels = pl.concat(label_rows).sort("owner", "cutoff")
-    truth = pl.DataFrame(
-        {
-            "shopper_id": ids[labels["owner"].to_numpy()],
-            "as_of": labels["cutoff"].cast(pl.Datetime("us")),
-            "next_category": np.array(CATEGORIES)[labels["label"].to_numpy()],
-        }
-    ).hstack(labels.select(f"p_{c}" for c in CATEGORIES))
     source = Source(
         task=MULTICLASS,
         events_table="orders",
@@ -556,8 +532,10 @@ def _multiclass(config: ShapeConfig, rng: np.random.Generator) -> ShapeData:
         snapshot_column="as_of",
         label_column="next_category",
     )
-    tables = {"orders": orders, "next_category": truth.select("shopper_id", "as_of", "next_category")}
-    return ShapeData("multiclass", source, tables, truth, classes=list(CATEGORIES))
+    labels = pl.concat(label_rows).sort("owner", "cutoff")
+    label = pl.Series(np.array(CATEGORIES)[labels["label"].to_numpy()])
+    truth_columns = [f"p_{c}" for c in CATEGORIES]
+    return _event_shape("multiclass", source, orders, ids, labels, label, truth_columns, list(CATEGORIES))
 
 
 # --- regression -------------------------------------------------------------------------------------------
@@ -619,15 +597,6 @@ def _regression(config: ShapeConfig, rng: np.random.Generator) -> ShapeData:
             "promo": promo,
         }
     )
-    labels = pl.concat(label_rows).sort("owner", "cutoff")
-    truth = pl.DataFrame(
-        {
-            "member_no": ids[labels["owner"].to_numpy()],
-            "as_of": labels["cutoff"].cast(pl.Datetime("us")),
-            "spend_next_90d": labels["y"],
-            "expected": labels["expected"],
-        }
-    )
     source = Source(
         task=REGRESSION,
         events_table="payments",
@@ -637,9 +606,32 @@ def _regression(config: ShapeConfig, rng: np.random.Generator) -> ShapeData:
         snapshot_column="as_of",
         label_column="spend_next_90d",
     )
-    return ShapeData(
-        "regression", source, {"payments": payments, "spend_next_90d": truth.drop("expected")}, truth
-    )
+    labels = pl.concat(label_rows).sort("owner", "cutoff")
+    return _event_shape("regression", source, payments, ids, labels, labels["y"], ["expected"])
+
+
+def _event_shape(
+    shape: str,
+    source: Source,
+    events: pl.DataFrame,
+    ids: np.ndarray,
+    labels: pl.DataFrame,
+    label: pl.Series,
+    truth_columns: list[str],
+    classes: list[str] | None = None,
+) -> ShapeData:
+    """An events shape: its events table, its labels table (entity, cutoff, label) and the truth behind them
+    (``labels``: owner index, cutoff and the ``truth_columns``, one row per label)."""
+    key, snapshot, name = source.entity_key, source.snapshot_column, source.label_column
+    truth = pl.DataFrame(
+        {
+            key: ids[labels["owner"].to_numpy()],
+            snapshot: labels["cutoff"].cast(pl.Datetime("us")),
+            name: label,
+        }
+    ).hstack(labels.select(truth_columns))
+    tables = {source.events_table: events, source.labels_table: truth.select(key, snapshot, name)}
+    return ShapeData(shape, source, tables, truth, classes or [])
 
 
 GENERATORS: dict[str, Callable[[ShapeConfig, np.random.Generator], ShapeData]] = {
