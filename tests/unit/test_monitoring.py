@@ -297,11 +297,13 @@ def test_dag_acts_only_on_the_report_and_survives_skips(monitoring_dag):
     from mlplatform.assets import DRIFT_ASSET
 
     dag = monitoring_dag
-    # the realised labels come from a features step, so the trainer's monitor pod reads no warehouse
+    # the realised labels come from a features step, so the trainer's monitor pod reads no warehouse; it
+    # reads them as the champion's task stores them, so it runs once the champion is resolved
     labels, monitor = dag.get_task("extract_labels"), dag.get_task("monitor")
-    assert labels.upstream_task_ids == {"resolve_score_date"}
+    assert labels.upstream_task_ids == {"resolve_champion"}
+    assert dag.get_task("resolve_champion").upstream_task_ids == {"resolve_score_date"}
     assert "extract_labels" in monitor.upstream_task_ids
-    assert monitor.upstream_task_ids <= {"resolve_score_date", "extract_labels"}
+    assert monitor.upstream_task_ids <= {"resolve_score_date", "resolve_champion", "extract_labels"}
     assert dag.get_task("read_report").upstream_task_ids == {"monitor"}
     emit = dag.get_task("emit_retrain_signal")
     assert emit.outlets == [DRIFT_ASSET] and emit.upstream_task_ids == {"read_report"}

@@ -410,3 +410,24 @@ def test_publishing_adds_predicted_class_to_a_table_of_an_older_release(tmp_path
         rows = conn.execute(sa.text("SELECT entity_id, predicted_class FROM churn_predictions ORDER BY 1")).fetchall()
     engine.dispose()
     assert [tuple(row) for row in rows] == [("a", "gold"), ("b", None)]
+
+
+def test_realised_labels_are_read_as_the_models_task_stores_them(tmp_path):
+    from mlcontract.errors import StepInputError
+    from trainer.monitor import read_labels
+    from trainer.tracking import ModelTask
+
+    def labels(values: list) -> str:
+        directory = str(tmp_path / f"labels{len(list(tmp_path.iterdir()))}")
+        uri = storage.join_uri(directory, LABELS_FILE)
+        storage.write_parquet(uri, pl.DataFrame({"entity_id": [f"c{i}" for i in range(len(values))], "label": values}))
+        LabelsManifest(outputs={"labels": uri}, rows={"labels": len(values)}, score_date=DAY.isoformat(),
+                       source=LabelSource().describe()).write(directory)
+        return directory
+
+    _, tiers = read_labels(labels(["gold", "bronze", "platinum"]), DAY, ModelTask(MULTICLASS, CLASSES))
+    assert tiers.sort("entity_id")["label"].to_list() == [2, 0]  # "platinum" is no class of the model: left out
+    _, spend = read_labels(labels([1.5, 2.0]), DAY, ModelTask(REGRESSION))
+    assert spend["label"].dtype == pl.Float64
+    with pytest.raises(StepInputError, match="regression model"):
+        read_labels(labels(["a lot", "little"]), DAY, ModelTask(REGRESSION))

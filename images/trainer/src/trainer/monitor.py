@@ -87,19 +87,23 @@ def read_labels(
     if missing:
         raise StepInputError(f"{uri}: missing columns {missing}")
     frame = frame.select(pl.col(ENTITY).cast(pl.Utf8), LABEL).unique(ENTITY)
-    if task.task == REGRESSION:
-        return manifest, frame.with_columns(pl.col(LABEL).cast(pl.Float64))
-    if task.task == MULTICLASS:
-        index = {label: i for i, label in enumerate(task.classes or [])}
-        mapped = frame.with_columns(
-            pl.col(LABEL).cast(pl.Utf8).replace_strict(index, default=None, return_dtype=pl.Int64)
-        )
-        unknown = mapped.filter(pl.col(LABEL).is_null())
-        if unknown.height:
-            examples = frame.join(unknown.select(ENTITY), on=ENTITY)[LABEL].cast(pl.Utf8).unique().head(5).to_list()
-            log.warning("%s: %d labels are not classes of the model (%s), left out", uri, unknown.height, examples)
-        return manifest, mapped.drop_nulls(LABEL)
-    return manifest, frame.with_columns(pl.col(LABEL).cast(pl.Int8))
+    if task.task != MULTICLASS:
+        dtype = pl.Float64 if task.task == REGRESSION else pl.Int8
+        try:
+            return manifest, frame.with_columns(pl.col(LABEL).cast(dtype))
+        except pl.exceptions.InvalidOperationError:
+            raise StepInputError(
+                f"{uri}: column {LABEL!r} holds {frame[LABEL].dtype} values, not the labels of a {task.task} "
+                f"model ({'numbers' if task.task == REGRESSION else '0/1'})"
+            ) from None
+    # multiclass: the user's class labels, as the model's class indices
+    index = {label: i for i, label in enumerate(task.classes or [])}
+    mapped = frame.with_columns(pl.col(LABEL).cast(pl.Utf8).replace_strict(index, default=None, return_dtype=pl.Int64))
+    unknown = mapped.filter(pl.col(LABEL).is_null())
+    if unknown.height:
+        examples = frame.join(unknown.select(ENTITY), on=ENTITY)[LABEL].cast(pl.Utf8).unique().head(5).to_list()
+        log.warning("%s: %d labels are not classes of the model (%s), left out", uri, unknown.height, examples)
+    return manifest, mapped.drop_nulls(LABEL)
 
 
 def read_day(uri: str, required: tuple[str, ...]) -> pl.DataFrame:
