@@ -117,16 +117,17 @@ def build(extract_dir: str, out: str, snapshot_root: str) -> dict:
     from mlcontract.cli import run
     from mlcontract.manifests import BuildManifest
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     code = run(
         commands(), ["build", "--extract", extract_dir, "--snapshot-root", snapshot_root, "--out", out]
     )
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     if code != 0:
         raise SystemExit("build failed")
     manifest = BuildManifest.read(out)
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,  # every thread's: polars uses all cores
         "features": len(manifest.feature_columns),
         "rows": sum(manifest.rows.values()),
     }
@@ -260,18 +261,19 @@ def markdown(report: dict) -> str:
         "",
         (
             "| clients | transactions | spine rows | ours: s | ours: peak MiB | featuretools: s "
-            "| featuretools: peak MiB | RFM: s | featuretools / ours |"
+            "| featuretools: peak MiB | RFM: s | featuretools / ours: time | CPU time |"
         ),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size in report["sizes"]:
         ours, ft, r = size["ours"], size.get("featuretools", {}), size.get("rfm", {})
         fmt = lambda m, k, f: f.format(m[k]) if k in m else (m.get("error") or m.get("note") or "–")
         ratio = f"{size['speedup']:.0f}x" if "speedup" in size else "–"
+        cpu = f"{size['cpu_ratio']:.0f}x" if "cpu_ratio" in size else "–"
         lines.append(
             f"| {size['clients']:,} | {size['transactions']:,} | {size['spine_rows']:,} | {fmt(ours, 'seconds', '{:.2f}')} "
             f"| {fmt(ours, 'peak_rss_mib', '{:,.0f}')} | {fmt(ft, 'seconds', '{:.1f}')} | {fmt(ft, 'peak_rss_mib', '{:,.0f}')} "
-            f"| {fmt(r, 'seconds', '{:.2f}')} | {ratio} |"
+            f"| {fmt(r, 'seconds', '{:.2f}')} | {ratio} | {cpu} |"
         )
     q = report.get("quality")
     if q and "error" in q:
@@ -295,7 +297,16 @@ def markdown(report: dict) -> str:
                 lines.append(
                     f"| {name} | {m['features']} | {m['valid_auc']:.4f} | {m['test_auc']:.4f} | {m['of_oracle']:.3f} |"
                 )
-    lines += ["", "| target | measured | met |", "|---|---:|---|"]
+    lines += [
+        "",
+        (
+            "Wall time is what a user waits; CPU time (every thread's, inside the child around the same work) "
+            "is less sensitive to other work on a shared machine. featuretools runs on one core, our build on all."
+        ),
+        "",
+        "| target | measured | met |",
+        "|---|---:|---|",
+    ]
     for target in report["targets"]:
         lines.append(f"| {target['name']} | {target['measured']} | {target['met']} |")
     lines += ["", *report.get("notes", []), ""]
@@ -373,6 +384,8 @@ def main() -> None:
             and size.get("featuretools", {}).get("seconds", float("inf")) <= options.timeout
         ):
             size["speedup"] = size["featuretools"]["seconds"] / size["ours"]["seconds"]
+            # CPU time is less sensitive to other work on a shared machine than wall time
+            size["cpu_ratio"] = size["featuretools"]["cpu_seconds"] / size["ours"]["cpu_seconds"]
         if is_quality and "seconds" in size["ours"]:
             sets = {"RFM xgboost": str(here / "rfm.parquet")}
             if "seconds" in size.get("featuretools", {}):
