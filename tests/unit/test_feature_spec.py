@@ -91,12 +91,12 @@ def test_a_feature_table_gets_table_columns_and_no_event_features():
     assert not spec.uses_events and spec.events == {} and spec.windows_days == []
 
 
-def test_windows_follow_the_history_before_the_median_snapshot():
+def test_windows_follow_the_history_before_the_earliest_snapshot():
     first = D(2024, 1, 1)
     assert infer_windows(first, [first + timedelta(days=20)]) == [7, 30]
     assert infer_windows(first, [first + timedelta(days=100)]) == [7, 30, 90]
-    snapshots = [first + timedelta(days=d) for d in (10, 200, 400)]
-    assert infer_windows(first, snapshots) == [7, 30, 90, 180]  # the median one has 200 days
+    snapshots = [first + timedelta(days=d) for d in (400, 200, 370)]
+    assert infer_windows(first, snapshots) == [7, 30, 90, 180]  # the earliest one has 200 days
     assert infer_windows(None, []) == [7, 30]
 
 

@@ -38,8 +38,8 @@ streaming pass, each column's non-null count and distinct count (exact):
   non-null rows): ``ignore``;
 - timestamp or date: ``timestamp`` (the lag ``event_ts - value`` in days, a numeric) with mean, min, max;
 - a column that is entirely null, or of another type (lists, structs, binary): ``ignore``;
-- windows: 7 and 30 days always, plus 90, 180 and 365 where the history before the *median* snapshot
-  instant (from the first event) covers them; ``ratios`` [[30, 90]] when 90 is a window;
+- windows: 7 and 30 days always, plus each of 90, 180 and 365 days that the history before the
+  *earliest* snapshot instant (from the first event) covers, so that every training row has it whole; ``ratios`` [[30, 90]] when 90 is a window;
   ``recency`` and ``tenure`` on;
 - entity attributes and the columns of a ready-made feature table: numeric -> ``numeric``, boolean (or
   0/1 integer) -> ``boolean``, timestamp/date -> ``days_since``, string with <= 50 distinct values -> ``one_hot``
@@ -385,11 +385,10 @@ def _infer_use(dtype: pl.DataType, count: int, distinct: int, zero_one: bool) ->
 
 
 def infer_windows(first_event: datetime | None, snapshots: list[datetime]) -> list[int]:
-    """7 and 30 days, plus each of 90/180/365 covered by the history before the median snapshot."""
+    """7 and 30 days, plus each of 90/180/365 covered by the history before the earliest snapshot."""
     if first_event is None or not snapshots:
         return list(ALWAYS_WINDOWS)
-    median = sorted(snapshots)[len(snapshots) // 2]
-    span = (median - first_event) / timedelta(days=1)
+    span = (min(snapshots) - first_event) / timedelta(days=1)
     return [w for w in CANDIDATE_WINDOWS if w in ALWAYS_WINDOWS or w <= span]
 
 
