@@ -117,6 +117,8 @@ def encode_labels(labels: pl.Series, task: str, label_column: str) -> tuple[pl.S
     if task == BINARY:
         if labels.dtype == pl.Boolean:
             return labels.cast(pl.Int8).alias(LABEL), None
+        if labels.dtype == pl.String and set(labels.unique().to_list()) <= {"0", "1"}:
+            labels = labels.cast(pl.Int8)  # a TEXT column spelling 0/1 (the raw gate accepts it too)
         values = labels.unique().sort().to_list()
         if not labels.dtype.is_numeric() or not set(values) <= {0, 1}:
             raise BuildError(
