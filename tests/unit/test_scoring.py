@@ -67,6 +67,10 @@ def test_scoring_features_equal_training_features_for_the_same_entity_and_date(
     scored = pl.read_parquet(built.outputs["features"])
     trained = pl.read_parquet(storage.join_uri(training_snapshot.snapshot_uri, "test.parquet")).drop("label")
     assert built.feature_columns == training_snapshot.feature_columns
+    # the training spec was inferred (no spec given): every aggregation kind it chose is compared below
+    inferred = training_snapshot.feature_config["events"]
+    assert inferred["amount"]["aggregations"] == ["sum", "mean", "min", "max", "std", "last"]
+    assert inferred["channel"]["kind"] == "categorical" and "amount_last" in built.feature_columns
     assert scored.columns == trained.columns
     # the training labels hold the customers signed up before the snapshot: exactly the scoring spine
     assert scoring.rows["spine"] == trained.height
