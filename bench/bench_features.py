@@ -237,7 +237,7 @@ def markdown(report: dict) -> str:
         lines += [
             (
                 f"CPU time (user + system of the whole process), DuckDB / polars: {r['cpu_ratio_vs_duckdb']:.1f}x; "
-                "the rest of the wall-clock gap is polars using every core."
+                "both use every core."
             ),
             "",
         ]
