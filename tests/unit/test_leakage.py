@@ -190,3 +190,21 @@ def test_std_is_zero_below_two_values_and_exact_for_large_offsets():
     spec = parse_spec({"windows_days": [7], "events": {"amount": {"kind": "numeric", "aggregations": ["std"]}}})
     out = compute_features(events.lazy(), spine.lazy(), None, spec, {}).collect()
     assert out["amount_std_7d"].to_list() == pytest.approx([0.0, 0.1], rel=1e-9)
+
+
+def test_distinct_counts_match_a_direct_count():
+    events, spine = data(seed=11, n=1500)
+    spec = spec_for("distinct_count")
+    out = compute_features(events.lazy(), spine.lazy(), None, spec, {}).collect()
+    for w in spec.windows_days:
+        expected = (
+            spine.join(events, on="entity_id", how="left")
+            .filter((pl.col("event_ts") < pl.col("snapshot_ts"))
+                    & (pl.col("event_ts") >= pl.col("snapshot_ts") - timedelta(days=w)))
+            .group_by("entity_id", "snapshot_ts")
+            .agg(pl.col("sku").n_unique().alias("expected"))
+        )
+        got = out.join(expected, on=["entity_id", "snapshot_ts"], how="left").with_columns(
+            pl.col("expected").fill_null(0))
+        assert got[f"sku_distinct_{w}d"].to_list() == got["expected"].to_list(), w
+        assert got["expected"].max() > 1

@@ -7,11 +7,12 @@ the future). A window of ``w`` days is ``[snapshot_ts - w days, snapshot_ts)``.
 **One pass over the events**, whatever the number of windows and snapshots: the distinct snapshot
 instants ``s`` and window starts ``s - w`` cut the time axis into a few *buckets*. Each event is put in
 its bucket (a binary search), and one streaming ``group_by(entity_id, bucket)`` reduces the events to
-per-bucket partials (counts, fixed-point sums and sums of squares, minima, maxima, the latest value, first/
-last timestamps, the set of distinct values), sorted by (entity, bucket). Every window of an entity is
-then a contiguous run of those rows, found by binary search: counts and sums are differences of exact
-integer prefix sums, minima and maxima come from vectorised range reductions
-(``numpy.ufunc.reduceat``), distinct counts from each value's last bucket before the snapshot (below).
+per-bucket partials (counts, fixed-point sums and sums of squares, minima, maxima, the latest value,
+first/last timestamps), sorted by (entity, bucket); the same scan yields the distinct (entity, bucket,
+value) rows of the distinct-count columns. Every window of an entity is then a contiguous run of those
+rows, found by binary search: counts and sums are differences of exact integer prefix sums, minima and
+maxima come from vectorised range reductions (``numpy.ufunc.reduceat``), distinct counts from each
+value's last bucket before the snapshot (below).
 No event is ever joined to a snapshot it could leak into, and there is no events x snapshots blow-up.
 
 **Exact definitions** (``x`` = a column's non-null values in the window; every feature is a Float64 or
@@ -53,9 +54,8 @@ integer, never null: rows without history get the defaults of ``DEFAULTS_DOC``):
   the vocabulary ``categories["table.{col}"]`` (fitted on all spine rows) and ``days_since`` allowed to
   be negative (a timestamp after the snapshot).
 
-How distinct counts stay in the one pass: each bucket's partial keeps the set of its distinct values;
-exploded and sorted by (entity, value, bucket), each (entity, value, bucket) row knows the next bucket
-where the value occurs again. For snapshot ``s`` the values of an entity seen before ``s`` are the rows
+How distinct counts stay in the one pass: the same scan also yields the distinct (entity, bucket, value)
+rows; sorted by (entity, value, bucket), each row knows the next bucket where the value occurs again. For snapshot ``s`` the values of an entity seen before ``s`` are the rows
 with ``bucket < bucket(s) <= next``, each at the value's last bucket before ``s``; the distinct count of
 window ``w`` is how many of them lie at or after the window's first bucket.
 """
@@ -201,7 +201,7 @@ class _Partials:
     minima: list[pl.Expr]
     maxima: list[pl.Expr]
     last: list[pl.Expr]  # Int128 (event_ts, fixed-point value) keys: their max is the latest value
-    sets: list[pl.Expr]  # distinct values per bucket (lists)
+    distinct: list[str]  # columns whose distinct (entity, bucket, value) rows are collected
 
 
 def _partials(spec: FeatureSpec, categories: Categories, scale: int) -> _Partials:
@@ -237,7 +237,7 @@ def _partials(spec: FeatureSpec, categories: Categories, scale: int) -> _Partial
             if "share" in aggs:
                 parts.additive.append(text.count().cast(pl.Int64).alias(f"{col}__cnt"))
         if "distinct_count" in aggs:
-            parts.sets.append(pl.col(col).cast(pl.String).drop_nulls().unique().alias(f"{col}__set"))
+            parts.distinct.append(col)
     return parts
 
 
@@ -300,14 +300,17 @@ def compute_features(
     parts = _partials(spec, categories, scale)
     bucket = pl.lit(pl.Series(boundaries, dtype=pl.Datetime("us"))).search_sorted(pl.col(EVENT_TS), side="right")
 
-    # The one pass over the events (streaming), then partials sorted by (entity, bucket) = by `key`.
+    # The one pass over the events (streaming): the partials, sorted by (entity, bucket) = by `key`, and
+    # for each distinct-count column its distinct (entity, bucket, value) rows. Collected together, the
+    # scan is shared: the streaming engine reads the events once and feeds every aggregation.
     started = time.perf_counter()
-    partials = (
-        events.filter(pl.col(EVENT_TS) < snapshots[-1])
-        .with_columns(bucket.cast(pl.Int64).alias("bucket"))  # = bucket index + 1, in [0, stride)
-        .group_by(ENTITY, "bucket")
+    bucketed = events.filter(pl.col(EVENT_TS) < snapshots[-1]).with_columns(
+        bucket.cast(pl.Int64).alias("bucket")  # = bucket index + 1, in [0, stride)
+    )
+    aggregated = (
+        bucketed.group_by(ENTITY, "bucket")
         .agg(
-            *parts.additive, *parts.minima, *parts.maxima, *parts.last, *parts.sets,
+            *parts.additive, *parts.minima, *parts.maxima, *parts.last,
             pl.col(EVENT_TS).min().alias("first_ts"),
             pl.col(EVENT_TS).max().alias("last_ts"),
         )
@@ -316,9 +319,18 @@ def compute_features(
             (pl.col("code").cast(pl.Int64) * stride + pl.col("bucket")).alias("key"),
             pl.exclude(ENTITY, "code", "bucket"),
         )
-        .collect(engine="streaming")
-        .sort("key")
     )
+    distinct_rows = [
+        bucketed.select(ENTITY, "bucket", pl.col(col).cast(pl.String).alias("value"))
+        .drop_nulls("value")
+        .group_by(ENTITY, "bucket", "value")
+        .agg()
+        .join(codes.lazy(), on=ENTITY, how="inner")
+        .select(pl.col("code").cast(pl.Int64).alias("entity"), "bucket", "value")
+        for col in parts.distinct
+    ]
+    partials, *occurrences = pl.collect_all([aggregated, *distinct_rows], engine="streaming")
+    partials = partials.sort("key")
     log.info(
         "aggregated the events into %s (entity, bucket) partials in %.1f s",
         f"{partials.height:,}",
@@ -387,10 +399,9 @@ def compute_features(
         name = expr.meta.output_name()
         fixed = partials.select(((pl.col(name) % _TWO64) - 2**63).cast(pl.Int64)).to_series()
         columns[_raw(name, "all")] = _last_in_range(fixed.cast(pl.Float64) / scale, start, end)
-    for expr in parts.sets:
-        name = expr.meta.output_name()
-        counts = _distinct_counts(partials, name, stride, entity_base, first_bucket, windows)
-        columns.update({_raw(name, w): counts[w] for w in windows})
+    for col, rows in zip(parts.distinct, occurrences, strict=True):
+        counts = _distinct_counts(rows, stride, entity_base, first_bucket, windows)
+        columns.update({_raw(f"{col}__distinct", w): counts[w] for w in windows})
     # Buckets are in time order, so the first event is in the entity's first row, the last one before
     # the snapshot in the row just before `end`.
     no_time = pl.Series([None] * lookup.height, dtype=pl.Datetime("us"))
@@ -436,8 +447,7 @@ def _last_in_range(values: pl.Series, lo: np.ndarray, hi: np.ndarray) -> pl.Seri
 
 
 def _distinct_counts(
-    partials: pl.DataFrame,
-    name: str,
+    rows: pl.DataFrame,
     stride: int,
     entity_base: pl.Series,
     first_bucket: Callable[[int], pl.Series],
@@ -445,14 +455,7 @@ def _distinct_counts(
 ) -> dict[int, pl.Series]:
     """Per lookup row and window: the number of distinct values (see the module docstring)."""
     occurrences = (
-        partials.select("key", name)
-        .explode(name)
-        .drop_nulls(name)
-        .select(
-            (pl.col("key") // stride).alias("entity"),
-            (pl.col("key") % stride).alias("bucket"),
-            pl.col(name).rank("dense").alias("value"),
-        )
+        rows.with_columns(pl.col("value").cast(pl.Categorical).to_physical())  # an integer code per value
         .sort("entity", "value", "bucket")
         .with_columns(
             next=pl.when(
@@ -462,22 +465,28 @@ def _distinct_counts(
             .otherwise(stride)
         )
     )
-    snapshot_bucket = first_bucket(0)  # the snapshot's own bucket: values before it are in lower ones
-    starts = {w: first_bucket(w) for w in windows}
+    # per lookup row: its snapshot's bucket (values before the snapshot are in lower ones) and window starts
     queries = pl.DataFrame(
-        {"entity": entity_base // stride, "hi": snapshot_bucket, **{f"lo{w}": starts[w] for w in windows}}
-    ).with_row_index("row")
-    found = []
-    for hi in sorted(set(snapshot_bucket.to_list())):
-        rows = queries.filter(pl.col("hi") == hi)
-        seen = occurrences.filter((pl.col("bucket") < hi) & (pl.col("next") >= hi))
-        found.append(
-            rows.join(seen, on="entity", how="left")
-            .group_by("row")
-            .agg(pl.col("bucket").ge(pl.col(f"lo{w}")).sum().cast(pl.Int64).alias(str(w)) for w in windows)
+        {"entity": entity_base // stride, "hi": first_bucket(0), **{f"lo{w}": first_bucket(w) for w in windows}}
+    )
+    snapshots = queries.drop("entity").unique("hi").sort("hi").with_row_index("snapshot", offset=0)
+    his = pl.lit(snapshots["hi"])
+    # each (entity, value, bucket) row is the value's last occurrence before the snapshots whose bucket
+    # lies in (bucket, next]: a contiguous run of snapshots, exploded (values recur: runs are short)
+    seen = (
+        occurrences.with_columns(
+            first=his.search_sorted(pl.col("bucket"), side="right").cast(pl.Int64),
+            stop=his.search_sorted(pl.col("next"), side="right").cast(pl.Int64),
         )
-    counts = pl.concat(found).sort("row") if found else pl.DataFrame({"row": [], **{str(w): [] for w in windows}})
-    return {w: counts[str(w)] for w in windows}
+        .filter(pl.col("stop") > pl.col("first"))
+        .select("entity", "bucket", snapshot=pl.int_ranges("first", "stop").cast(pl.List(pl.UInt32)))
+        .explode("snapshot")
+        .join(snapshots, on="snapshot")
+        .group_by("entity", "hi")
+        .agg((pl.col("bucket") >= pl.col(f"lo{w}")).sum().cast(pl.Int64).alias(str(w)) for w in windows)
+    )
+    counts = queries.join(seen, on=["entity", "hi"], how="left", maintain_order="left")
+    return {w: counts[str(w)].fill_null(0) for w in windows}
 
 
 # ---------------------------------------------------------------------------------------------- definitions
@@ -560,7 +569,7 @@ def feature_definitions(
                         add(f"{category}_share_{w}d", ratio(count(f"{col}__v{i}", w), count(f"{col}__cnt", w)),
                             ONE_HOT)
             if "distinct_count" in aggs:
-                add(f"{col}_distinct_{w}d", count(f"{col}__set", w), COUNT)
+                add(f"{col}_distinct_{w}d", count(f"{col}__distinct", w), COUNT)
 
     snapshot = pl.col(SNAPSHOT)
     if spec.uses_events:
