@@ -130,6 +130,7 @@ def test_bad_labels_name_the_users_label_column(values, task, expected):
 def test_label_encoding_and_rates():
     encoded, classes = encode_labels(pl.Series([True, False, True]), "binary", "y")
     assert encoded.to_list() == [1, 0, 1] and classes is None and label_rate(encoded, "binary") == pytest.approx(2 / 3)
+    assert encode_labels(pl.Series(["0", "1", "1"]), "binary", "y")[0].to_list() == [0, 1, 1]  # a TEXT 0/1 column
     encoded, classes = encode_labels(pl.Series([3, 1, 3, 3]), "multiclass", "y")
     assert classes == ["1", "3"] and encoded.to_list() == [1, 0, 1, 1]
     assert label_rate(encoded, "multiclass") == 0.75
