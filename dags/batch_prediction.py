@@ -30,9 +30,12 @@ from mlplatform import scoring
 from mlplatform.defaults import dag_kwargs
 from mlplatform.params import (
     EVENTS_TABLE_DESCRIPTION,
+    SCORING_FORM,
     column_params,
     date_param,
+    in_sections,
     optional_column_param,
+    optional_entities_param,
     optional_table_param,
     param_args,
     relation_args,
@@ -58,19 +61,17 @@ def pinned(key: str) -> str:
     schedule="0 5 * * *",  # daily 05:00 UTC, after the warehouse's nightly load
     **dag_kwargs(SETTINGS, stage="scoring", start_date=datetime(2026, 1, 1, tzinfo=UTC), doc_md=__doc__),
     render_template_as_native_obj=False,
-    params={
+    params=in_sections({
         "score_date": date_param("Score as of this date (YYYY-MM-DD; uses events before it); empty: the run's date."),
         "features_table": optional_table_param(
             "For a champion trained on a ready-made feature table: the table whose rows to score (those of the "
             "score date when it has a snapshot column). Empty: the events and entities tables below."
         ),
         **relation_params("events", "events", EVENTS_TABLE_DESCRIPTION),
-        "entities_table": Param(
-            "customers", type="string", description="Entities to score and their attributes ('' for none)."
-        ),
+        "entities_table": optional_entities_param("Entities to score and their attributes (empty for none)."),
         **column_params(entity_key="customer_id", timestamp_column="event_ts"),
         "signup_column": optional_column_param(
-            "signup_ts", "Entities table: score only entities signed up before the score date ('' for all)."
+            "signup_ts", "Entities table: score only entities signed up before the score date (empty for all)."
         ),
         "predictions_table": Param(
             "churn_predictions",
@@ -78,7 +79,7 @@ def pinned(key: str) -> str:
             pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$",
             description="Warehouse table of the predictions (created if missing; one date replaced per run).",
         ),
-    },
+    }, SCORING_FORM),
 )
 def batch_prediction():
     @task(retries=0, multiple_outputs=True)
@@ -97,8 +98,8 @@ def batch_prediction():
             "--as-of", pinned("score_date"),
             "--features-table", "{{ params.features_table or '' }}",
             *relation_args("events", EVENTS_SCORING),
-            "--entities-table", f"{{{{ params.entities_table if {EVENTS_SCORING} else '' }}}}",
-            "--signup-column", f"{{{{ params.signup_column if {EVENTS_SCORING} else '' }}}}",
+            "--entities-table", f"{{{{ (params.entities_table or '') if {EVENTS_SCORING} else '' }}}}",
+            "--signup-column", f"{{{{ (params.signup_column or '') if {EVENTS_SCORING} else '' }}}}",
             *param_args("entity_key", "timestamp_column"),
             # a feature table's rows of the score date, without its label: the champion's own columns
             "--snapshot-column", pinned("snapshot_column"),

@@ -31,11 +31,15 @@ from mlplatform.assets import DRIFT_ASSET
 from mlplatform.defaults import dag_kwargs
 from mlplatform.params import (
     EVENTS_TABLE_DESCRIPTION,
+    TRAINING_FORM,
     column_params,
     date_param,
+    in_sections,
     json_arg,
     learning_params,
+    optional_args,
     optional_column_param,
+    optional_entities_param,
     param_args,
     relation_params,
     training_source_args,
@@ -56,17 +60,17 @@ SETTINGS = load_settings()
     ),
     **dag_kwargs(SETTINGS, stage="training", start_date=datetime(2026, 1, 4, tzinfo=UTC), doc_md=__doc__),
     user_defined_macros={"challenger_version": training.challenger_version},
-    params={
+    params=in_sections({
         **training_source_params(),
         **relation_params("events", "events", EVENTS_TABLE_DESCRIPTION),
         **relation_params("labels", "churn_labels", "Table of labels: entity key, snapshot date, label."),
-        "entities_table": Param(
-            "customers", type="string", description="Optional table of static entity attributes ('' for none)."
+        "entities_table": optional_entities_param(
+            "Optional table of static entity attributes (events source; empty for none)."
         ),
         **column_params(entity_key="customer_id", timestamp_column="event_ts", label_column="churned"),
         "snapshot_column": optional_column_param(
-            "snapshot_ts", "Date the label is observed at (labels table, or feature table: '' when it has one row "
-            "per entity)."
+            "snapshot_ts", "Date the label is observed at (labels table, or feature table: empty when it has one "
+            "row per entity)."
         ),
         **learning_params(),
         "cutoff": date_param("Train on snapshots up to this date (YYYY-MM-DD); empty: all labelled snapshots."),
@@ -91,7 +95,7 @@ SETTINGS = load_settings()
             "challenger_share of the traffic next to the champion until monitoring decides the test.",
         ),
         "challenger_share": Param(0.1, type="number", exclusiveMinimum=0.0, exclusiveMaximum=1.0),
-    },
+    }, TRAINING_FORM),
 )
 def ml_model_training():
     extract = step(
@@ -100,7 +104,10 @@ def ml_model_training():
         [
             "extract",
             *training_source_args(),
-            *param_args("entity_key", "timestamp_column", "snapshot_column", "label_column", "cutoff"),
+            *param_args("entity_key", "timestamp_column"),
+            *optional_args("snapshot_column"),
+            *param_args("label_column"),
+            *optional_args("cutoff"),
         ],
     )
     # Gates do not retry: bad data stays bad, and a retry only delays the alert.

@@ -29,9 +29,12 @@ from mlplatform import monitoring, scoring
 from mlplatform.assets import DRIFT_ASSET
 from mlplatform.defaults import dag_kwargs
 from mlplatform.params import (
+    MONITORING_FORM,
+    OPTIONAL,
     SAMPLE_DATE,
     column_params,
     date_param,
+    in_sections,
     optional_column_param,
     optional_table_param,
     param_args,
@@ -48,14 +51,14 @@ SCORE_DATE = pull("resolve_score_date")
 
 def from_table_or_champion(name: str) -> str:
     """A label-source column: the Param for a labels table, the champion's own column for its feature table."""
-    return f"{{% if params.features_table %}}{pull('resolve_champion', name)}{{% else %}}{{{{ params.{name} }}}}{{% endif %}}"
+    return f"{{% if params.features_table %}}{pull('resolve_champion', name)}{{% else %}}{{{{ params.{name} or '' }}}}{{% endif %}}"
 
 
 @dag(
     dag_id="model_monitoring",
     schedule="0 7 * * *",  # daily 07:00 UTC, after the day's batch prediction
     **dag_kwargs(SETTINGS, stage="monitoring", start_date=datetime(2026, 1, 4, tzinfo=UTC), doc_md=__doc__),
-    params={
+    params=in_sections({
         "score_date": date_param("Score date to monitor (YYYY-MM-DD); empty: the run's date."),
         "psi_threshold": Param(0.2, type="number", minimum=0.01, maximum=10.0,
                                description="Drift when a feature's or the scores' PSI exceeds this."),
@@ -68,19 +71,19 @@ def from_table_or_champion(name: str) -> str:
         # Tenure-like features grow with the calendar for every entity, so against the training reference they
         # always look drifted; they are left out by default.
         "drift_ignore_features": Param(
-            "days_since_first_event,days_since_signup", type="string", pattern=r"^[A-Za-z0-9_,]*$",
+            "days_since_first_event,days_since_signup", type=OPTIONAL, pattern=r"^[A-Za-z0-9_,]*$",
             description="Comma-separated features left out of the drift check (e.g. ones that grow with time).",
         ),
         **relation_params("labels", "churn_labels", "Warehouse table of realised labels."),
         **column_params(entity_key="customer_id", label_column="churned"),
         "snapshot_column": optional_column_param(
-            "snapshot_ts", "Labels table: the date each label is observed at ('' when every row is of the score date)."
+            "snapshot_ts", "Labels table: the date each label is observed at (empty when every row is of the score date)."
         ),
         "features_table": optional_table_param(
             "For a champion trained on a ready-made feature table: read the realised labels from it, with the "
             "champion's snapshot and label columns. Empty: the labels table above."
         ),
-    },
+    }, MONITORING_FORM),
 )
 def model_monitoring():
     @task(retries=0)
@@ -123,7 +126,7 @@ def model_monitoring():
             "--score-date", SCORE_DATE,
             "--labels", step_dir("extract_labels"),
             *param_args("psi_threshold", "min_rows", "rollback_margin", "ab_margin"),
-            "--ignore-features", "{{ params.drift_ignore_features }}",
+            "--ignore-features", "{{ params.drift_ignore_features or '' }}",
         ],
     )
 

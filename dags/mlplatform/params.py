@@ -2,6 +2,10 @@
 
 One definition of each form field (the warehouse source, column names, the date) so that the trigger forms
 of the DAGs validate the same way, and one template for "a query, when given, replaces the table".
+
+Airflow's trigger form treats a Param whose type does not include "null" as required, and an empty field as
+missing (it sends ``null``): every optional field is ``type=["null", "string"]`` with a ``None`` default, still
+checked by its pattern when given. Its templates render ``None`` and ``''`` alike, as an empty argument.
 """
 
 from __future__ import annotations
@@ -22,39 +26,80 @@ def optional_pattern(pattern: str) -> str:
 DATE_PATTERN = r"^(|\d{4}-\d{2}-\d{2})$"
 OPTIONAL_COLUMN_PATTERN = optional_pattern(COLUMN_PATTERN)
 QUERY_DESCRIPTIONS = {
-    "events": "SQL query for events; overrides events_table when set.",
-    "labels": "SQL query for labels; overrides labels_table.",
-    "features": "SQL query returning the feature table; overrides features_table when set.",
+    "events": "SQL query returning the events, instead of a table: when set, events_table is ignored.",
+    "labels": "SQL query returning the labels, instead of a table: when set, labels_table is ignored.",
+    "features": "SQL query returning the feature table, instead of features_table: give one of the two, not "
+    "both (a run given both fails at extract, saying so).",
 }
 # Jinja test of the training source: a ready-made feature table instead of events and labels
 FEATURE_TABLE_TEMPLATE = f"params.source_kind == '{FEATURE_TABLE_SOURCE}'"
 EVENTS_TABLE_DESCRIPTION = "Warehouse table of timestamped events."
 SAMPLE_DATE = "2026-01-04"  # what a resolved date renders as in `make render`
+OPTIONAL = ["null", "string"]  # an optional string field of the form (empty: null)
+OPTIONAL_IDENTIFIER_PATTERN = optional_pattern(IDENTIFIER_PATTERN)
+
+# Sections of the trigger forms, in pipeline order (Airflow shows each as a collapsible group).
+TRAINING_FORM = {
+    "Source": ("source_kind", "features_table", "features_query", "events_table", "events_query", "labels_table",
+               "labels_query", "entities_table", "entity_key", "timestamp_column", "snapshot_column",
+               "label_column", "cutoff", "min_event_rows"),
+    "Features": ("feature_spec", "split", "split_seed"),
+    "Training": ("task", "n_trials", "max_boost_rounds", "seed"),
+    "Promotion": ("promotion_threshold", "promotion_margin"),
+    "Deployment": ("deploy_mode", "challenger_share"),
+}
+SCORING_FORM = {
+    "Scoring": ("score_date",),
+    "Source": ("features_table", "events_table", "events_query", "entities_table", "entity_key",
+               "timestamp_column", "signup_column"),
+    "Output": ("predictions_table",),
+}
+MONITORING_FORM = {
+    "Monitoring": ("score_date", "psi_threshold", "min_rows", "drift_ignore_features", "rollback_margin",
+                   "ab_margin"),
+    "Realised labels": ("labels_table", "labels_query", "features_table", "entity_key", "label_column",
+                        "snapshot_column"),
+}
+
+
+def in_sections(params: dict[str, Param], form: dict[str, tuple[str, ...]]) -> dict[str, Param]:
+    """The Params in the form's sections, in its order (a Param named in no section stays last, unsectioned)."""
+    ordered = {}
+    for section, names in form.items():
+        for name in names:
+            params[name].schema["section"] = section
+            ordered[name] = params[name]
+    return ordered | params
 
 
 def date_param(description: str) -> Param:
     """A YYYY-MM-DD date, empty meaning the run's own date."""
-    return Param("", type="string", pattern=DATE_PATTERN, description=description)
+    return Param(None, type=OPTIONAL, pattern=DATE_PATTERN, description=description)
 
 
 def relation_params(kind: str, table: str, description: str) -> dict[str, Param]:
     """``{kind}_table`` and ``{kind}_query``: where a relation comes from (the query wins when set)."""
     return {
-        f"{kind}_table": Param(table, type="string", description=description),
-        f"{kind}_query": Param("", type="string", description=QUERY_DESCRIPTIONS[kind]),
+        f"{kind}_table": Param(table, type="string", pattern=IDENTIFIER_PATTERN, description=description),
+        f"{kind}_query": Param(None, type=OPTIONAL, description=QUERY_DESCRIPTIONS[kind]),
     }
 
 
 def optional_table_param(description: str) -> Param:
     """A warehouse table used only when given (null or empty: unused)."""
-    return Param(None, type=["null", "string"], pattern=optional_pattern(IDENTIFIER_PATTERN), description=description)
+    return Param(None, type=OPTIONAL, pattern=OPTIONAL_IDENTIFIER_PATTERN, description=description)
+
+
+def optional_entities_param(description: str) -> Param:
+    """The entities table: the demo's ``customers`` by default, empty (null or '') for none."""
+    return Param("customers", type=OPTIONAL, pattern=OPTIONAL_IDENTIFIER_PATTERN, description=description)
 
 
 def optional_relation_params(kind: str, description: str) -> dict[str, Param]:
     """``{kind}_table`` and ``{kind}_query`` of a relation that is used only when asked for (null: unused)."""
     return {
         f"{kind}_table": optional_table_param(description),
-        f"{kind}_query": Param(None, type=["null", "string"], description=QUERY_DESCRIPTIONS[kind]),
+        f"{kind}_query": Param(None, type=OPTIONAL, description=QUERY_DESCRIPTIONS[kind]),
     }
 
 
@@ -68,8 +113,8 @@ def training_source_params() -> dict[str, Param]:
             "with the label and the feature columns.",
         ),
         **optional_relation_params(
-            "features", "Ready-made feature table (source_kind feature_table): entity key, label, optional "
-            "snapshot column, and feature columns used as they are."
+            "features", "Ready-made feature table (source_kind feature_table; or features_query, not both): "
+            "entity key, label, optional snapshot column, and feature columns used as they are."
         ),
     }
 
@@ -103,7 +148,7 @@ def column_params(**defaults: str) -> dict[str, Param]:
 
 
 def optional_column_param(default: str, description: str) -> Param:
-    return Param(default, type="string", pattern=OPTIONAL_COLUMN_PATTERN, description=description)
+    return Param(default, type=OPTIONAL, pattern=OPTIONAL_COLUMN_PATTERN, description=description)
 
 
 def relation_args(kind: str, when: str | None = None) -> list[str]:
@@ -119,14 +164,28 @@ def relation_args(kind: str, when: str | None = None) -> list[str]:
     ]
 
 
+def exclusive_relation_args(kind: str, when: str) -> list[str]:
+    """``relation_args`` of a relation with no default table, where a table and a query are exclusive.
+
+    When both are given they are passed as ``--{kind}-table=T`` ``--{kind}-query=Q`` (still two arguments), and
+    the step's CLI refuses the pair with its own message ("not allowed with"): a run never silently reads one.
+    """
+    table, query = f"params.{kind}_table", f"params.{kind}_query"
+    both = f"{table} and {query} and {when}"
+    return [
+        f"{{{{ '--{kind}-table=' ~ {table} if {both} else '--{kind}-query' if {query} else '--{kind}-table' }}}}",
+        f"{{{{ '--{kind}-query=' ~ {query} if {both} else ({query} or {table} or '') if {when} else '' }}}}",
+    ]
+
+
 def training_source_args() -> list[str]:
     """extract's source: the feature table's relation, or the events, labels and entities relations."""
     events = f"not {FEATURE_TABLE_TEMPLATE}"
     return [
-        *relation_args("features", FEATURE_TABLE_TEMPLATE),
+        *exclusive_relation_args("features", FEATURE_TABLE_TEMPLATE),
         *relation_args("events", events),
         *relation_args("labels", events),
-        "--entities-table", f"{{{{ params.entities_table if {events} else '' }}}}",
+        "--entities-table", f"{{{{ (params.entities_table or '') if {events} else '' }}}}",
     ]
 
 
@@ -140,6 +199,14 @@ def param_args(*names: str) -> list[str]:
     arguments: list[str] = []
     for name in names:
         arguments += [f"--{name.replace('_', '-')}", f"{{{{ params.{name} }}}}"]
+    return arguments
+
+
+def optional_args(*names: str) -> list[str]:
+    """``param_args`` of optional string Params: null (the form's empty field) is passed as ``''``."""
+    arguments: list[str] = []
+    for name in names:
+        arguments += [f"--{name.replace('_', '-')}", f"{{{{ params.{name} or '' }}}}"]
     return arguments
 
 

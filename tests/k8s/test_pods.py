@@ -210,7 +210,7 @@ def test_local_runtime_runs_exactly_the_rendered_pod(monkeypatch, tmp_path):
     record = tmp_path / "record.json"
     script = ("import json, os, sys; json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, "
               f"open({str(record)!r}, 'w'))")
-    operator = step("probe", FEATURES, ["extract", "--cutoff", "{{ params.cutoff }}", "--seed", "{{ params.seed }}"],
+    operator = step("probe", FEATURES, ["extract", "--cutoff", "{{ params.cutoff or '' }}", "--seed", "{{ params.seed }}"],
                     cmds=["python", "-c", script])
     context = sample_context(dag, "probe", -1)
     operator.render_template_fields(context, jinja_env=dag.get_template_env())

@@ -237,9 +237,12 @@ def test_the_training_source_is_events_and_labels_or_a_feature_table():
     assert render(params.training_source_args(), **table) == [
         "--features-table", "account_features", "--events-table", "", "--labels-table", "", "--entities-table", "",
     ]
-    query = {**table, "features_query": "select * from f", "events_query": "select 1"}
+    query = {**table, "features_table": None, "features_query": "select * from f", "events_query": "select 1"}
     assert render(params.training_source_args(), **query)[:4] == [
         "--features-query", "select * from f", "--events-query", ""]
+    # a table and a query: both passed on (as --opt=value), for extract to refuse the pair (test_trigger_form)
+    assert render(params.training_source_args(), **{**query, "features_table": "account_features"})[:2] == [
+        "--features-table=account_features", "--features-query=select * from f"]
     # a feature table named nowhere: passed empty, never as the text "None"
     assert render(params.training_source_args(), **{**table, "features_table": None})[:2] == ["--features-table", ""]
 
