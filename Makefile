@@ -39,7 +39,7 @@ SERVE_PORT ?= 5001
 # module per worker (its tests share a platform). PYTEST_PARALLEL= runs them in one process.
 PYTEST_PARALLEL ?= -n auto --dist loadfile
 
-.PHONY: help venv seed airflow-db pools run summary test test-fast test-scheduler ui serve bench render images kind-test clean
+.PHONY: help venv seed airflow-db pools run summary test test-fast test-scheduler test-ui ui serve request bench render images kind-test clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -86,11 +86,22 @@ test-fast: venv ## Run the tests without the end-to-end tier
 test-scheduler: venv ## The real scheduler + REST API tier: a manual run with Params, as from the UI (minutes)
 	$(BIN)/pytest -m scheduler
 
+# The browser tier drives Debian's Chromium with Playwright's Python client (its driver ships in the wheel; no
+# browser download). Both are installed here, not by the lock, so `make test` never needs them.
+PLAYWRIGHT_VERSION := 1.65.2
+test-ui: venv ## Browser tier: trigger forms, a run from the form, the MLflow UI in Chromium (build/test-ui/; minutes)
+	@command -v chromium > /dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }
+	$(UV) pip install --quiet --python $(BIN)/python "playwright==$(PLAYWRIGHT_VERSION)"
+	$(BIN)/pytest -m ui tests/ui
+
 ui: pools ## Start the Airflow UI (standalone) and the MLflow UI; Ctrl-C stops both
 	$(BIN)/python -m devtools.cli ui --airflow-port $(AIRFLOW_PORT) --mlflow-port $(MLFLOW_PORT)
 
 serve: venv ## Serve the champion model with an MLflow model server
 	$(BIN)/python -m devtools.cli serve --port $(SERVE_PORT)
+
+request: venv ## Print a body for `make serve`'s /invocations: a real feature row of the champion (JSON)
+	@$(BIN)/python -m devtools.cli request
 
 bench: venv ## Benchmarks: polars vs DuckDB build, gates; inferred spec vs featuretools and RFM (bench/results/)
 	$(BIN)/python bench/bench_features.py --events $(BENCH_EVENTS) $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""Developer commands behind the Makefile: `summary`, `ui`, `serve`.
+"""Developer commands behind the Makefile: `summary`, `ui`, `serve`, `request`.
 
 Run as ``python -m devtools.cli <command>`` with the Makefile's environment (embedded defaults).
 """
@@ -164,6 +164,24 @@ def serve(args: argparse.Namespace) -> int:
     return max((process.returncode or 0) for process in processes)
 
 
+def request(args: argparse.Namespace) -> int:
+    """A body for `make serve`'s /invocations: real feature rows, the deployed champion's logged input example."""
+    import mlflow
+
+    settings = load_settings()
+    record = read_deployment(settings.artifact_root, settings.registered_model_name)
+    if record is None:
+        print("nothing deployed yet: run `make run` first", file=sys.stderr)
+        return 1
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    # MLflow stores the input example with the model as a ready serving payload (dataframe_split)
+    body = json.loads(Path(mlflow.artifacts.download_artifacts(f"{record.model_uri}/serving_input_example.json"))
+                      .read_text())
+    body["dataframe_split"]["data"] = body["dataframe_split"]["data"][: args.rows]
+    print(json.dumps(body))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.cli", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help="MLflow model server for a deployed alias")
     serve_parser.add_argument("--port", type=int, default=5001, help="champion port; the challenger gets port+1")
     serve_parser.set_defaults(func=serve)
+    request_parser = commands.add_parser("request", help="print an /invocations body: the champion's example rows")
+    request_parser.add_argument("--rows", type=int, default=1)
+    request_parser.set_defaults(func=request)
     args = parser.parse_args(argv)
     return args.func(args)
 

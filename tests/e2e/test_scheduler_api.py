@@ -4,8 +4,6 @@ a manually triggered training run with Params; the `gpu_pool` the trainer steps 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -15,7 +13,7 @@ from pathlib import Path
 import pytest
 from e2e_helpers import make_platform
 
-from support import BIN, free_port, wait_for_http
+from support import BIN, free_port, stop_group, wait_for_http
 
 # The real scheduler takes minutes: run by `make test-scheduler` (and CI), not by the default `make test`.
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
@@ -61,16 +59,7 @@ def standalone(tmp_path_factory, mlflow_server):
         token = api(base, "POST", "/auth/token", body={"username": username, "password": password})["access_token"]
         yield base, token, env
     finally:
-        # `airflow standalone` leaves children behind on SIGTERM: stop the whole process group.
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(process)
         log.close()
 
 
