@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DIGEST_PATTERN = re.compile(r"^sha256:[a-f0-9]{64}$")
 DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+NVIDIA_CONTROL_DEVICE = Path("/dev/nvidiactl")
 
 
 def env(name: str, default: Any = "", **constraints: Any) -> Any:
@@ -50,7 +51,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     home: Path = env("MLPLATFORM_HOME", REPO_ROOT / ".local")
-    runtime: Literal["local", "kubernetes"] = env("PIPELINE_RUNTIME", "local")
+    runtime: Literal["local", "docker", "kubernetes"] = env("PIPELINE_RUNTIME", "local")
     artifact_root: str = env("ARTIFACT_ROOT")
     mlflow_tracking_uri: str = env("MLFLOW_TRACKING_URI")
     mlflow_artifact_location: str | None = env("MLFLOW_ARTIFACT_LOCATION", None)
@@ -128,8 +129,11 @@ class Settings(BaseSettings):
 
     @property
     def gpu_enabled(self) -> bool:
-        """Trainer steps ask for a GPU only on a cluster whose GPU pool really has GPUs."""
-        return self.runtime == "kubernetes" and self.gpus_per_trainer_pod > 0
+        """Trainer steps ask for a GPU on a cluster whose GPU pool really has GPUs, or as containers on a
+        machine with an NVIDIA driver (its control device is a cheap, parse-time-safe sign of one)."""
+        if self.gpus_per_trainer_pod <= 0:
+            return False
+        return self.runtime == "kubernetes" or (self.runtime == "docker" and NVIDIA_CONTROL_DEVICE.exists())
 
 
 def load_settings() -> Settings:

@@ -2,7 +2,8 @@
 
 ``PIPELINE_RUNTIME=kubernetes`` launches that pod with KubernetesPodOperator (deferrable) on the right node
 pool. ``PIPELINE_RUNTIME=local`` renders the *same* pod and runs its container's command, args and env as a
-local process, so a laptop run exercises exactly what a cluster would run.
+local process, so a laptop run exercises exactly what a cluster would run. ``PIPELINE_RUNTIME=docker`` runs
+that pod as a container of its image on a Docker engine (:mod:`mlplatform.docker_runtime`).
 
 Steps do not push XCom (no sidecar): each writes ``manifest.json`` under its run-scoped output directory and
 Airflow-side tasks read it from storage (``read_step_manifest``).
@@ -231,6 +232,7 @@ class PipelineStepOperator(KubernetesPodOperator):
         super().__init__(**kwargs)
         self.runtime = runtime
         self._local_process: subprocess.Popen | None = None
+        self._docker_step: Any = None
 
     def _do_render_template_fields(self, parent, template_fields, context, jinja_env, seen_oids) -> None:
         # Templates inside V1EnvVar objects are rendered in place, and mapped instances share the partial's
@@ -243,18 +245,28 @@ class PipelineStepOperator(KubernetesPodOperator):
         if self.runtime == "kubernetes":
             return super().execute(context)
         pod = self.build_pod_request_obj(context, dry_run=True)
-        with tempfile.TemporaryDirectory(prefix="mlplatform-step-") as scratch:
-            self._local_process = start_pod_locally(pod, scratch)
-            return_code = stream_and_wait(self._local_process, self.log)
+        if self.runtime == "docker":
+            from mlplatform.docker_runtime import DockerStep
+
+            self._docker_step = DockerStep()
+            return_code = self._docker_step.run(pod, pod_env(pod), load_settings().artifact_root, self.log)
+        else:
+            with tempfile.TemporaryDirectory(prefix="mlplatform-step-") as scratch:
+                self._local_process = start_pod_locally(pod, scratch)
+                return_code = stream_and_wait(self._local_process, self.log)
         if return_code != 0:
+            container = pod.spec.containers[0]
+            argv = local_argv(pod) if self.runtime == "local" else [*container.command, *(container.args or [])]
             raise RuntimeError(
-                f"step {self.task_id!r} failed: `{' '.join(local_argv(pod)[:4])} ...` exited with {return_code}"
+                f"step {self.task_id!r} failed: `{' '.join(argv[:4])} ...` exited with {return_code}"
                 " (the step's own error message is in the log above)"
             )
 
     def on_kill(self) -> None:
         if self.runtime == "kubernetes":
             return super().on_kill()
+        if self._docker_step is not None:
+            self._docker_step.stop()
         if self._local_process and self._local_process.poll() is None:
             os.killpg(self._local_process.pid, signal.SIGTERM)
 
@@ -275,19 +287,24 @@ def local_argv(pod: k8s.V1Pod) -> list[str]:
     return argv
 
 
-def local_env(pod: k8s.V1Pod, scratch: str) -> dict[str, str]:
+def pod_env(pod: k8s.V1Pod) -> dict[str, str]:
     """The container's env; secret references resolve from this process's env (a laptop has no Secrets)."""
-    env = {name: os.environ[name] for name in HOST_ENV_PASSTHROUGH if name in os.environ}
+    env = {}
     for variable in pod.spec.containers[0].env or []:
-        if variable.value_from is not None:
-            if variable.name in os.environ:
-                env[variable.name] = os.environ[variable.name]
-            elif variable.name in LOCAL_SECRET_DEFAULTS:
-                env[variable.name] = LOCAL_SECRET_DEFAULTS[variable.name]()
-            continue
-        value = variable.value or ""
-        # The pod's scratch volume is a per-step temporary directory here.
-        env[variable.name] = value.replace(SCRATCH_DIR, scratch, 1) if value.startswith(SCRATCH_DIR) else value
+        if variable.value_from is None:
+            env[variable.name] = variable.value or ""
+        elif variable.name in os.environ:
+            env[variable.name] = os.environ[variable.name]
+        elif variable.name in LOCAL_SECRET_DEFAULTS:
+            env[variable.name] = LOCAL_SECRET_DEFAULTS[variable.name]()
+    return env
+
+
+def local_env(pod: k8s.V1Pod, scratch: str) -> dict[str, str]:
+    """``pod_env`` for a process: the host's basics, and the scratch volume as a per-step temporary directory."""
+    env = {name: os.environ[name] for name in HOST_ENV_PASSTHROUGH if name in os.environ}
+    for name, value in pod_env(pod).items():
+        env[name] = value.replace(SCRATCH_DIR, scratch, 1) if value.startswith(SCRATCH_DIR) else value
     return env
 
 

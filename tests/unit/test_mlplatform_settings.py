@@ -46,7 +46,7 @@ def test_cluster_values(monkeypatch):
         ("GPU_NODE_SELECTOR", '["gpu"]', "JSON object"),
         ("IMAGE_PULL_SECRETS", '{"a": 1}', "JSON list"),
         ("GPU_REQUEST", "one", "integer"),
-        ("PIPELINE_RUNTIME", "docker", "local"),
+        ("PIPELINE_RUNTIME", "podman", "local"),
         ("FEATURES_IMAGE_DIGEST", "latest", "sha256"),
     ],
 )
