@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
+from features.engineering import compute
 from features.engineering.compute import (
     FEATURE_CODE_VERSION,
     NEVER_DAYS,
+    compute_feature_parts,
     compute_features,
     feature_columns,
     fit_categories,
@@ -453,3 +456,59 @@ def test_feature_bounds_are_declared_by_the_definitions_and_hold(tmp_path):
         for column, (low, high) in bounds.items():
             assert low is None or frame[column].min() >= low, column
             assert high is None or frame[column].max() <= high, column
+
+
+# ------------------------------------------------------------------------------------- bounded memory (issue 11)
+
+
+@pytest.mark.parametrize("part_events", [1, 97, 700])
+def test_the_build_in_parts_equals_the_one_shot_build(part_events, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the parts' working directory goes
+    ev, spine, ents = random_data(entities=40, events=3000)
+    ev = pl.concat([ev, ev.head(5).with_columns(entity_id=pl.lit("zz-not-in-spine"))])
+    categories = fit_categories(ev.lazy(), ents.lazy(), ALL_AGGREGATIONS, before=SNAPSHOTS[-1])
+    one_shot = features_for(ev, spine, ents, categories)
+    with compute_feature_parts(ev.lazy(), spine.lazy(), ents.lazy(), ALL_AGGREGATIONS, categories,
+                               part_events=part_events) as parts:
+        assert len(parts.parts) == min(-(-ev.height // part_events), 42)  # 42 spine entities at most
+        assert len(list(tmp_path.glob("feature-parts-*/features-*.parquet"))) == len(parts.parts)  # not in memory
+        assert parts.collect().equals(one_shot)
+        assert parts.feature_columns == feature_columns(one_shot)
+        # read back in (snapshot_ts, entity_id) order, by condition, in frames of a bounded size
+        march = pl.col("snapshot_ts").dt.date().is_in([SNAPSHOTS[1].date()])
+        frames = list(parts.frames(march, chunk_rows=10))
+        assert max(f.height for f in frames) < 10 + 42 and len(frames) > 1
+        assert pl.concat(frames).equals(one_shot.filter(march))
+        some = pl.col("entity_id").is_in(pl.Series(["e001", "e017", "e039", "e041"]).implode())
+        assert pl.concat(list(parts.frames(some))).equals(one_shot.filter(some))
+        nothing = list(parts.frames(pl.col("entity_id") == "nobody"))
+        assert len(nothing) == 1 and nothing[0].height == 0 and nothing[0].schema == one_shot.schema
+    assert not list(tmp_path.iterdir())  # the working directory is removed with the parts
+
+
+def test_a_feature_table_in_parts_equals_the_one_shot_build():
+    spine = random_data()[1].with_columns(
+        seats=pl.int_range(0, pl.len()) % 7, plan=pl.lit("p") + (pl.int_range(0, pl.len()) % 3).cast(pl.String)
+    )
+    spec = parse_spec({"windows_days": [], "recency": False, "tenure": False,
+                       "table_columns": {"seats": {"use": "numeric"}, "plan": {"use": "one_hot"}}})
+    categories = fit_categories(None, None, spec, spine=spine.lazy())
+    one_shot = compute_features(None, spine.lazy(), None, spec, categories).collect()
+    with compute_feature_parts(None, spine.lazy(), None, spec, categories, part_rows=25) as parts:
+        assert len(parts.parts) == -(-spine.height // 25)
+        assert parts.collect().equals(one_shot)
+
+
+@pytest.mark.parametrize("split", ["time", "entity"])
+def test_a_build_in_parts_writes_the_same_snapshot(tmp_path, monkeypatch, split):
+    ev, spine, ents = random_data()
+    extract = write_extract(tmp_path / "x", ev, spine, ents)
+    one_shot = build_features(extract, str(tmp_path / "o1"), str(tmp_path / "s1"), split=split)
+    monkeypatch.setattr(compute, "PART_EVENTS", 200)  # about 8 parts of the 1,504 events
+    in_parts = build_features(extract, str(tmp_path / "o2"), str(tmp_path / "s2"), split=split)
+    assert in_parts.snapshot_hash == one_shot.snapshot_hash
+    assert in_parts.model_dump(include={"rows", "label_rate", "splits", "feature_columns", "feature_bounds"}) == (
+        one_shot.model_dump(include={"rows", "label_rate", "splits", "feature_columns", "feature_bounds"})
+    )
+    for name in ("train", "valid", "test"):
+        assert pl.read_parquet(in_parts.outputs[name]).equals(pl.read_parquet(one_shot.outputs[name])), name

@@ -15,6 +15,11 @@ maxima come from vectorised range reductions (``numpy.ufunc.reduceat``), distinc
 value's last bucket before the snapshot (below).
 No event is ever joined to a snapshot it could leak into, and there is no events x snapshots blow-up.
 
+**Bounded memory** (:func:`compute_feature_parts`, what the build uses): every feature of a row depends on its
+own entity's events only, so large inputs are cut into ranges of entity ids (one streaming pass writes each
+range's events to its own files), each range is computed as above on its own events, and the ranges are
+read back in (snapshot_ts, entity_id) order: the same rows and values, one range in memory at a time.
+
 **Exact definitions** (``x`` = a column's non-null values in the window; every feature is a Float64 or
 integer, never null: rows without history get the defaults of ``DEFAULTS_DOC``):
 
@@ -64,12 +69,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import polars as pl
@@ -96,6 +103,13 @@ DEFAULTS_DOC = (
     "gives days_since_* = 0, a missing numeric or boolean 0, a missing or unlisted category all-zero "
     "one-hots; an entity absent from the entity table likewise."
 )
+
+# The build holds one part of the data in memory at a time (see compute_feature_parts): a part is the
+# events and spine rows of a range of entities, at most this many of each.
+PART_EVENTS = 4_000_000
+PART_ROWS = 1_000_000
+CHUNK_ROWS = 262_144  # rows per frame that FeatureParts.frames hands over (about one parquet row group)
+_PART = "__part"
 
 _US_PER_DAY = 86_400_000_000
 _TWO64 = 2**64
@@ -414,6 +428,144 @@ def compute_features(
             columns[name] = no_time
     return _finalise(pl.DataFrame(columns).lazy(), True, spine_columns, entities, spec, categories, table_schema,
                      codes)
+
+
+class FeatureParts:
+    """The features of a spine, computed part by part, read back in (snapshot_ts, entity_id) order.
+
+    Parts are ranges of the sorted entity ids, each sorted by (snapshot_ts, entity_id), so the rows of one
+    snapshot are the parts' rows of that snapshot one part after the other: reading back needs no sort.
+    A context manager: leaving it removes the parts' working directory.
+    """
+
+    def __init__(self, parts: list[pl.LazyFrame], snapshots: list[datetime], schema: pl.Schema,
+                 workdir: tempfile.TemporaryDirectory | None = None):
+        self.parts = parts
+        self.snapshots = snapshots
+        self.schema = schema
+        self._workdir = workdir
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return feature_columns(pl.LazyFrame(schema=self.schema))
+
+    def frames(self, where: pl.Expr | None = None, chunk_rows: int = CHUNK_ROWS) -> Iterator[pl.DataFrame]:
+        """The rows (matching ``where``) in order, in frames of about ``chunk_rows`` rows; at least one frame
+        (empty, with the schema, when no row matches), so that a writer always has the schema."""
+        # a condition on the snapshot alone is decided per snapshot: parts are not even read for the others
+        by_snapshot = where is not None and where.meta.root_names() == [SNAPSHOT]
+        buffered: list[pl.DataFrame] = []
+        size, sent = 0, False
+        for snapshot in self.snapshots:
+            if by_snapshot and not pl.DataFrame({SNAPSHOT: [snapshot]}, schema={SNAPSHOT: pl.Datetime("us")}).select(
+                where
+            ).item():
+                continue
+            for part in self.parts:
+                rows = part.filter(pl.col(SNAPSHOT).eq_missing(snapshot))
+                chunk = (rows if where is None or by_snapshot else rows.filter(where)).collect()
+                if chunk.height:
+                    buffered.append(chunk)
+                    size += chunk.height
+                if size >= chunk_rows:
+                    yield pl.concat(buffered)
+                    buffered, size, sent = [], 0, True
+        if buffered or not sent:
+            yield pl.concat(buffered) if buffered else pl.DataFrame(schema=self.schema)
+
+    def collect(self) -> pl.DataFrame:
+        """Every row, in memory (small data and tests)."""
+        return pl.concat(list(self.frames()))
+
+    def close(self) -> None:
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def compute_feature_parts(
+    events: pl.LazyFrame | None,
+    spine: pl.LazyFrame,
+    entities: pl.LazyFrame | None,
+    spec: FeatureSpec,
+    categories: Categories,
+    *,
+    part_events: int | None = None,
+    part_rows: int | None = None,
+) -> FeatureParts:
+    """:func:`compute_features` in bounded memory: the same rows and values, computed per range of entities.
+
+    Small inputs (at most ``part_events`` events and ``part_rows`` spine rows, default :data:`PART_EVENTS`
+    and :data:`PART_ROWS`) are computed at once, in
+    memory. Larger ones are cut into ranges of the sorted spine entity ids holding about that many each:
+    one streaming pass writes the events (and entity rows) of each range to its own parquet files in a
+    working directory, then each range is computed alone (its one pass over its own events) and written
+    there; :meth:`FeatureParts.frames` reads them back in order. Every feature of a row depends on its
+    entity's events only, so the parts are exactly the one-shot result cut by entity.
+    """
+    spine_rows = spine.with_columns(pl.col(ENTITY).cast(pl.String), pl.col(SNAPSHOT).cast(pl.Datetime("us"))).collect()
+    with_events = events is not None and spec.uses_events and spine_rows.height > 0
+    n_events = events.select(pl.len()).collect().item() if with_events else 0
+    ids = spine_rows[ENTITY].drop_nulls().unique().sort()
+    part_events, part_rows = max(part_events or PART_EVENTS, 1), max(part_rows or PART_ROWS, 1)
+    count = max(1, min(ids.len(), max(-(-n_events // part_events), -(-spine_rows.height // part_rows))))
+    snapshots = spine_rows[SNAPSHOT].unique().sort().to_list()  # (a null first, as compute_features sorts)
+    if count == 1:
+        table = compute_features(events, spine_rows.lazy(), entities, spec, categories).collect(engine="in-memory")
+        return FeatureParts([table.lazy()], snapshots, table.schema)
+
+    started = time.perf_counter()
+    # part of an entity id: how many of the range starts (every count-th sorted spine id) are <= it
+    starts = ids.gather([k * ids.len() // count for k in range(1, count)])
+    part_of = pl.lit(starts).search_sorted(pl.col(ENTITY).cast(pl.String), side="right").fill_null(0).alias(_PART)
+    workdir = tempfile.TemporaryDirectory(prefix="feature-parts-")
+    root = workdir.name
+    try:
+        sources: dict[str, pl.LazyFrame] = {}
+        if with_events:
+            # events at or after the last snapshot never count (compute_features drops them too)
+            sources["events"] = events.filter(pl.col(EVENT_TS).cast(pl.Datetime("us")) < snapshots[-1])
+        if entities is not None:
+            sources["entities"] = entities
+        for name, frame in sources.items():
+            frame.with_columns(part_of).sink_parquet(
+                pl.PartitionBy(os.path.join(root, name), key=_PART, include_key=False), mkdir=True,
+                compression="lz4",  # working files, read once: the cheapest to write and read
+            )
+        log.info("split %s events and %s label rows into %d parts by entity in %.1f s", f"{n_events:,}",
+                 f"{spine_rows.height:,}", count, time.perf_counter() - started)
+
+        def scan(name: str, part: int) -> pl.LazyFrame | None:
+            if name not in sources:
+                return None
+            directory = os.path.join(root, name, f"{_PART}={part}")
+            if not os.path.isdir(directory):  # no rows in this range
+                return sources[name].clear()
+            return pl.scan_parquet(os.path.join(directory, "*.parquet"))
+
+        spine_parts = spine_rows.with_columns(part_of).partition_by(_PART, as_dict=True, include_key=False)
+        files, schema = [], None
+        for part in range(count):
+            rows = spine_parts.get((part,), spine_rows.clear())
+            table = compute_features(scan("events", part), rows.lazy(), scan("entities", part), spec,
+                                     categories).collect(engine="in-memory")
+            path = os.path.join(root, f"features-{part:05d}.parquet")
+            # small row groups with statistics: reading one snapshot back skips the others' row groups
+            table.write_parquet(path, compression="lz4", statistics=True, row_group_size=CHUNK_ROWS // 4)
+            files.append(path)
+            schema = table.schema
+            del table
+        log.info("computed the features of %d parts in %.1f s", count, time.perf_counter() - started)
+    except BaseException:
+        workdir.cleanup()
+        raise
+    return FeatureParts([pl.scan_parquet(path) for path in files], snapshots, schema, workdir)
 
 
 def range_reduce(ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -33,9 +33,8 @@ from mlcontract.names import (
 
 from features.engineering.compute import (
     FEATURE_CODE_VERSION,
-    compute_features,
+    compute_feature_parts,
     feature_bounds,
-    feature_columns,
     fit_categories,
 )
 from features.engineering.spec import FeatureSpec, check_spec, infer_spec
@@ -180,29 +179,22 @@ def build_snapshot(
     categories = fit_categories(events, entities, spec, before=spine[SNAPSHOT].max(), spine=spine.lazy())
     log.info("feature spec %s; category vocabulary %s in %.1f s", spec.to_dict(),
              {k: len(v) for k, v in categories.items()}, time.perf_counter() - started)
-    # the events are streamed inside compute_features; what is left to collect is in memory already
-    table = compute_features(events, spine.lazy(), entities, spec, categories).collect(engine="in-memory")
-    columns = feature_columns(table)
-    log.info("computed %d features for %s rows in %.1f s", len(columns), f"{table.height:,}",
-             time.perf_counter() - started)
-
-    days = table[SNAPSHOT].dt.date()
+    # which rows go to each split; the feature rows are one per spine row, so the split sizes and label
+    # rates are the spine's
     if dates is not None:
-        # rows are sorted by snapshot time, so each split is a contiguous (zero-copy) slice
-        n_train = int((days <= dates["train"][-1]).sum())
-        n_valid = int((days == dates["valid"][0]).sum())
-        parts = {
-            "train": table.slice(0, n_train),
-            "valid": table.slice(n_train, n_valid),
-            "test": table.slice(n_train + n_valid),
-        }
-        splits = {name: [d.isoformat() for d in values] for name, values in dates.items()}
+        where = {name: pl.col(SNAPSHOT).dt.date().is_in(values) for name, values in dates.items()}
     else:
-        assigned = table.join(entity_splits(spine, seed or 0, task), on=ENTITY, how="left", maintain_order="left")
-        parts = {name: assigned.filter(pl.col(SPLIT_COLUMN) == name).drop(SPLIT_COLUMN) for name in SPLITS}
-        splits = {name: sorted({d.isoformat() for d in part[SNAPSHOT].dt.date().unique()}) for name, part in
-                  parts.items()}
+        assigned = entity_splits(spine, seed or 0, task)
+        where = {name: pl.col(ENTITY).is_in(assigned.filter(pl.col(SPLIT_COLUMN) == name)[ENTITY].implode())
+                 for name in SPLITS}
+    parts = {name: spine.filter(condition) for name, condition in where.items()}
+    splits = {name: sorted({d.isoformat() for d in part[SNAPSHOT].dt.date().unique()}) for name, part in parts.items()}
     check_splits({name: part.height for name, part in parts.items()}, method)
+    # bounded memory: computed per range of entities into a working directory, streamed into the splits
+    table = compute_feature_parts(events, spine.lazy(), entities, spec, categories)
+    columns = table.feature_columns
+    log.info("computed %d features for %s rows in %.1f s", len(columns), f"{spine.height:,}",
+             time.perf_counter() - started)
     entity_schema = entities.collect_schema() if entities is not None else None
     table_schema = pl.Schema({c: spine.schema[c] for c in spec.table_columns if c in spine.schema})
     bounds = feature_bounds(spec, categories, entity_schema, table_schema)
@@ -226,9 +218,9 @@ def build_snapshot(
     )
     # the files and the manifest appear together; a snapshot completed concurrently (same hash, same
     # content) is kept
-    with storage.StagedDirectory(snapshot_uri, keep_complete=True) as staged:
-        for name, part in parts.items():
-            storage.write_parquet(storage.join_uri(staged.uri, f"{name}.parquet"), part)
+    with table, storage.StagedDirectory(snapshot_uri, keep_complete=True) as staged:
+        for name, condition in where.items():
+            storage.write_parquet_stream(storage.join_uri(staged.uri, f"{name}.parquet"), table.frames(condition))
         snapshot.write(staged.uri)
     log.info("wrote feature snapshot %s (%s rows) in %.1f s", snapshot_uri, snapshot.rows,
              time.perf_counter() - started)
