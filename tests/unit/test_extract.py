@@ -1,5 +1,6 @@
 """Warehouse → canonical parquet: schema, cutoff, query sources, clear errors, idempotent reruns; the
-realised labels of a score date (``extract-labels``)."""
+realised labels of a score date (``extract-labels``); a query Param is one read-only query, reads run in a
+read-only session, and the Arrow-native reader writes exactly what the SQLAlchemy reader writes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from features import synth
 from features.cli import main
 from features.errors import ExtractError
 from features.extract.labels import extract_labels
+from features.extract.query import read_only_query
+from features.extract.scoring import extract_scoring
 from features.extract.training import extract
+from features.extract.warehouse import READERS, Warehouse
 from mlcontract.errors import SourceError
 from mlcontract.manifests import ExtractManifest, LabelsManifest
 from mlcontract.source import LabelSource, TrainingSource, mask_uri
@@ -275,3 +279,142 @@ def test_a_column_that_changes_type_between_batches_is_named(tmp_path):
     with pytest.raises(ExtractError, match=r"column 'qty' changes type between rows: Int64 at first, then Float64 "
                                            r"\(e\.g\. 2\.5\); cast it to one type in a query"):
         extract(uri, str(tmp_path / "out"), source, batch_rows=1)
+
+
+# --- read-only queries: one read-only statement, parsed in the warehouse's dialect ---------------------
+
+REFUSED = [
+    # the attack of issue 10: break out of the parentheses the query is pasted into
+    ("SELECT * FROM events) AS x; COMMIT; DELETE FROM customers; SELECT * FROM (SELECT 1", "several statements"),
+    ("SELECT 1; SELECT 2", "several statements"),
+    ("DELETE FROM customers", "not a DELETE statement"),
+    ("DROP TABLE customers", "not a DROP statement"),
+    ("CREATE TABLE copy AS SELECT * FROM events", "not a CREATE statement"),
+    ("INSERT INTO customers SELECT * FROM customers", "not an INSERT statement"),
+    ("COMMIT", "not a COMMIT statement"),
+    ("PRAGMA query_only = OFF", "not a PRAGMA statement"),
+    ("SET default_transaction_read_only = off", "not a SET statement"),
+    ("EXPLAIN ANALYZE DELETE FROM customers", "not an EXPLAIN statement"),
+    ("WITH gone AS (DELETE FROM customers RETURNING *) SELECT * FROM gone", "holds a DELETE statement inside"),
+    ("SELECT * INTO stolen FROM customers", "SELECT ... INTO creates a table"),
+    ("SELECT * FROM customers FOR UPDATE", "locking clause (FOR UPDATE)"),
+    ("SELECT set_config('default_transaction_read_only', 'off', false)", "calls set_config()"),
+    ("SELECT * FROM events /* never closed", "unterminated"),
+    ("  ;  ", "it is empty"),
+]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(("query", "reason"), REFUSED, ids=[r[1] for r in REFUSED])
+def test_a_query_param_must_be_one_read_only_query(backend, query, reason):
+    with pytest.raises(ExtractError) as refused:
+        read_only_query(query, "the events query (Param events_query)", backend)
+    message = str(refused.value)
+    assert message.startswith("the events query (Param events_query) must be a single read-only query")
+    assert reason in message and "\n" not in message
+
+
+def test_read_only_queries_run_as_written(warehouse, tmp_path):
+    """A trailing ';' or '--' comment, a ':' or '%' in a literal: the query reaches the driver as written."""
+    source = TrainingSource(
+        events_table=None,
+        events_query="SELECT * FROM events WHERE event_type LIKE 'pur%' AND channel <> 'a:b'; -- purchases only",
+        labels_table=None,
+        labels_query="WITH l AS (SELECT * FROM churn_labels) SELECT * FROM l -- every label",
+    )
+    manifest = extract(warehouse, str(tmp_path / "out"), source, cutoff=CUTOFF)
+    assert set(_events(tmp_path / "out")["event_type"].unique()) == {"purchase"}
+    assert manifest.rows["labels"] > 0
+
+
+def test_sqlite_reads_are_read_only(warehouse):
+    """The second guard: a write that got past the parser fails in the session itself, on both paths."""
+    with Warehouse(warehouse) as wh:
+        with wh.engine.connect() as conn, pytest.raises(sa.exc.OperationalError, match="readonly database"):
+            conn.exec_driver_sql("DELETE FROM customers")
+        with wh._adbc_cursor(10) as cursor, pytest.raises(Exception, match="readonly database"):
+            cursor.execute("DELETE FROM customers")
+    with sa.create_engine(warehouse).connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM customers")).scalar() == 600
+
+
+# --- the Arrow path writes what the SQLAlchemy path writes -------------------------------------------------
+
+ODD_SQLITE = [
+    "CREATE TABLE ev (who TEXT, at TEXT, mixed, empty REAL, late, amount REAL, n INTEGER)",
+    # mixed: integers and reals in one batch; empty: only NULLs; late: integers in the first
+    # batch, integral reals after it (the Arrow read goes on through SQLAlchemy from there)
+    "INSERT INTO ev VALUES ('a', '2026-01-01 10:00:00', 1, NULL, 1, 0.1, 7), ('a', '2026-01-02', 2.5, NULL, 2, 1e300, -1),"
+    " ('b', '2026-01-01T08:00:00', 3, NULL, 3.0, NULL, 0), ('c', '2026-01-03 00:00:00.5', -4, NULL, 4.0, 3.25, 9),"
+    " ('c', '2026-01-04', NULL, NULL, 5, -0.0, 5)",
+    "CREATE TABLE lb (who TEXT, snap TEXT, y INTEGER)",
+    "INSERT INTO lb VALUES ('a', '2026-01-05', 1), ('b', '2026-01-05', 0), ('c', '2026-01-05', 1)",
+]
+ODD_POSTGRES = [
+    "CREATE TABLE ev (who TEXT, at TIMESTAMPTZ, small INT2, ratio FLOAT4, price NUMERIC(12, 4), exact NUMERIC, "
+    "flag BOOLEAN, day DATE, code VARCHAR(8), pad CHAR(3), nothing DOUBLE PRECISION)",
+    "INSERT INTO ev VALUES ('a', '2026-01-01 10:00:00+02', 1, 0.1, 12.5, 0.1234567890123456789, true, '2026-01-01', "
+    "'x', 'ab', NULL), ('b', '2026-01-02 00:00:00+00', -3, 1.3, NULL, 1e20, false, NULL, NULL, 'c', NULL), "
+    "('b', '2026-01-03 12:00:00-05', NULL, 3.4028235e38, 0.0001, -2, NULL, '2026-01-03', 'yy', NULL, NULL)",
+    "CREATE TABLE lb (who TEXT, snap TIMESTAMP, y INTEGER)",
+    "INSERT INTO lb VALUES ('a', '2026-01-05', 1), ('b', '2026-01-05', 0)",
+    "CREATE TABLE ev_json (who TEXT, at TIMESTAMP, doc JSONB)",
+    "INSERT INTO ev_json VALUES ('a', '2026-01-01', '{\"k\": 1}')",
+]
+
+
+def _both_paths(uri, out, source, **options):
+    """The manifest of each reader (the Arrow-native default, and SQLAlchemy alone) on the same source."""
+    return {reader: extract(uri, str(out / reader), source, reader=reader, **options) for reader in READERS}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_arrow_and_sqlalchemy_paths_write_identical_files(backend, request, tmp_path, caplog):
+    if backend == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'wh.db'}"
+        odd = ODD_SQLITE
+    else:
+        uri = request.getfixturevalue("postgres_uri")
+        odd = ODD_POSTGRES
+    synth.generate(synth.SynthConfig(customers=150, events_per_customer=30), uri)
+    sqlite_warehouse_statements(uri, *odd)
+    with Warehouse(uri) as wh:
+        assert wh.arrow_uri  # the default reads through ADBC here
+    caplog.set_level("INFO", logger="features.extract.warehouse")
+    for cutoff in (None, CUTOFF):
+        runs = _both_paths(uri, tmp_path / f"demo-{cutoff}", TrainingSource(entities_table="customers"),
+                           cutoff=cutoff, batch_rows=1_000)
+        assert runs["auto"].parts > 1 and runs["auto"].rows == runs["sqlalchemy"].rows
+        assert runs["auto"].content_hash == runs["sqlalchemy"].content_hash
+    assert "; reading" not in caplog.text  # no fallback: the demo's types all go through Arrow
+    odd_source = TrainingSource(events_table="ev", labels_table="lb", entity_key="who", timestamp_column="at",
+                                snapshot_column="snap", label_column="y")
+    runs = _both_paths(uri, tmp_path / "odd", odd_source, batch_rows=2)
+    assert runs["auto"].content_hash == runs["sqlalchemy"].content_hash
+    assert runs["auto"].rows["events"] == (5 if backend == "sqlite" else 3)
+    if backend == "sqlite":  # the column whose storage class changes after the first batch
+        assert "changes SQLite storage class after 2 rows; reading on through SQLAlchemy" in caplog.text
+        # a value that does not fit is the same error on both paths
+        bad = odd_source.model_copy(update={"events_table": None, "events_query":
+                                            "SELECT *, CASE WHEN who = 'c' THEN 'x' ELSE 1 END AS bad FROM ev"})
+        errors = set()
+        for reader in READERS:
+            with pytest.raises(ExtractError, match="column 'bad' changes type between rows") as error:
+                extract(uri, str(tmp_path / f"bad-{reader}"), bad, batch_rows=2, reader=reader)
+            errors.add(str(error.value))
+        assert len(errors) == 1
+    else:  # a type outside the known list (jsonb) is read through SQLAlchemy, from the start
+        runs = _both_paths(uri, tmp_path / "json", odd_source.model_copy(update={"events_table": "ev_json"}))
+        assert runs["auto"].content_hash == runs["sqlalchemy"].content_hash
+        assert "column 'doc' has type jsonb; reading it through SQLAlchemy" in caplog.text
+    scoring = {reader: extract_scoring(uri, str(tmp_path / f"score-{reader}"), CUTOFF, batch_rows=1_000,
+                                       reader=reader) for reader in READERS}
+    assert scoring["auto"].content_hash == scoring["sqlalchemy"].content_hash
+
+
+def sqlite_warehouse_statements(uri: str, *statements: str) -> None:
+    engine = sa.create_engine(uri)
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+    engine.dispose()

@@ -1,5 +1,7 @@
 """The warehouse source: where a step reads (a table or a SQL query per relation) and what the columns
-are called there. Identifiers go into SQL, so only plain ones are accepted; a query is the user's own SQL.
+are called there. Identifiers go into SQL, so only plain ones are accepted; a query is the user's own SQL,
+which the extract accepts only as one read-only query (checked with a SQL parser, then run in a read-only
+session: ``features.extract.query``).
 
 Also :func:`mask_uri`, the one way a URI with credentials is shown in logs, XCom and MLflow.
 """
@@ -62,6 +64,11 @@ class _Source(BaseModel):
     def relation(self, kind: str) -> tuple[str | None, str | None]:
         """(table, query) of a relation; at most one of them is set."""
         return getattr(self, f"{kind}_table", None) or None, getattr(self, f"{kind}_query", None) or None
+
+    def queries(self) -> dict[str, str]:
+        """The SQL query Params given (``events_query`` -> its text). The extract checks, with a SQL parser
+        for the warehouse's dialect, that each is one read-only query before any SQL runs."""
+        return {name: value for name, value in self if name.endswith("_query") and value}
 
     def describe(self) -> dict[str, Any]:
         """The source as recorded in manifests and lineage: only what is set."""

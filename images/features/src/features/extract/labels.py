@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 import polars as pl
 from mlcontract import storage
@@ -22,7 +22,7 @@ from mlcontract.names import BINARY, ENTITY, LABEL, LABELS_FILE, MULTICLASS, REG
 from mlcontract.source import LabelSource
 
 from features.errors import ExtractError
-from features.extract.engine import ExtractEngine
+from features.extract.engine import ExtractEngine, step_outputs, writing
 from features.extract.warehouse import DEFAULT_BATCH_ROWS, Canonicaliser
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def labels_schema(task: str) -> dict[str, pl.DataType]:
     return {ENTITY: pl.Utf8, LABEL: LABEL_TYPES[task]}
 
 
+@step_outputs
 def extract_labels(
     warehouse_uri: str,
     out_dir: str,
@@ -41,27 +42,28 @@ def extract_labels(
     source: LabelSource | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     task: str = BINARY,
+    reader: str = "auto",
 ) -> LabelsManifest:
     """Write ``labels.parquet`` (the labels at snapshot date ``score_date``) and the step manifest."""
     source = source or LabelSource()
     started = time.perf_counter()
     key, snap, label = source.entity_key, source.snapshot_column, source.label_column
     day = datetime(score_date.year, score_date.month, score_date.day)
-    with ExtractEngine(warehouse_uri, key, None, batch_rows) as engine:
+    with ExtractEngine(warehouse_uri, key, None, batch_rows, reader) as engine:
+        engine.check_queries(source.queries())
         options = {key: "--entity-key", label: "--label-column"}
         if snap:
             options[snap] = "--snapshot-column"
         labels = engine.relation("labels", *source.relation("labels"), options)
         warehouse, q = engine.warehouse, engine.warehouse.quote
-        selected, where, params = [key, label], "", {}
+        selected, where = [key, label], ""
         if snap:
             selected.append(snap)
-            where = f" WHERE src.{q(snap)} >= :start AND src.{q(snap)} < :end"
-            params = {"start": warehouse.lower_bound(day), "end": warehouse.lower_bound(day + timedelta(days=1))}
+            where = f" WHERE {warehouse.on_day(snap, day)}"
         sql = f"SELECT {', '.join(f'src.{q(c)}' for c in selected)} FROM {labels.sql} AS src{where} ORDER BY src.{q(key)}"
         renames = {key: ENTITY, label: LABEL, **({snap: SNAPSHOT} if snap else {})}
         to_labels = Canonicaliser(renames, {SNAPSHOT} if snap else set(), warehouse.is_sqlite)
-        frames = [to_labels(keys, rows) for keys, rows in warehouse.stream(sql, params, batch_rows)]
+        frames = [to_labels(batch) for batch in engine.stream(labels, sql)]
 
     found = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(schema={ENTITY: pl.Utf8, LABEL: pl.Null})
     if snap and found.height:
@@ -73,7 +75,8 @@ def extract_labels(
             ENTITY, keep="first", maintain_order=True
         )
     labels_uri = storage.join_uri(out_dir, LABELS_FILE)
-    storage.write_parquet(labels_uri, realised)
+    with writing(f"the labels (from {labels.name})", labels_uri):
+        storage.write_parquet(labels_uri, realised)
     log.info("%s realised labels at %s", f"{realised.height:,}", score_date)
     manifest = LabelsManifest(
         outputs={"labels": labels_uri},

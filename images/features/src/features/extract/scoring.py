@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 import polars as pl
 from mlcontract import storage
@@ -32,28 +32,32 @@ from mlcontract.source import ScoringSource
 
 from features.errors import ExtractError
 from features.extract import table as feature_tables
-from features.extract.engine import ExtractEngine
+from features.extract.engine import ExtractEngine, step_outputs
 from features.extract.warehouse import DEFAULT_BATCH_ROWS, as_naive_utc
 
 log = logging.getLogger(__name__)
 
 
+@step_outputs
 def extract_scoring(
     warehouse_uri: str,
     out_dir: str,
     as_of: date | datetime | str,
     source: ScoringSource | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    reader: str = "auto",
 ) -> ScoringExtractManifest:
-    """Write ``events/``, ``spine.parquet`` (entity_id, snapshot_ts = as_of) and ``entities.parquet``."""
+    """Write ``events/``, ``spine.parquet`` (entity_id, snapshot_ts = as_of) and ``entities.parquet``.
+    ``reader="sqlalchemy"`` reads through SQLAlchemy even where an Arrow driver exists (same output)."""
     source = source or ScoringSource()
     started = time.perf_counter()
     as_of_ts = as_naive_utc(as_of)
     assert as_of_ts is not None
     log.info("extracting the entities to score on %s", as_of_ts.isoformat())
     if source.kind == FEATURE_TABLE_SOURCE:
-        return extract_scoring_table(warehouse_uri, out_dir, as_of_ts, source, batch_rows, started)
-    with ExtractEngine(warehouse_uri, source.entity_key, source.timestamp_column, batch_rows) as engine:
+        return extract_scoring_table(warehouse_uri, out_dir, as_of_ts, source, batch_rows, started, reader)
+    with ExtractEngine(warehouse_uri, source.entity_key, source.timestamp_column, batch_rows, reader) as engine:
+        engine.check_queries(source.queries())
         events = engine.events_relation(*source.relation("events"))
         entities = engine.entities_relation(source.entities_table)
         if entities is not None and source.signup_column and source.signup_column not in entities.columns:
@@ -61,7 +65,7 @@ def extract_scoring(
                 f"entities table {source.entities_table!r} has no column {source.signup_column!r} "
                 f"(from --signup-column; '' to take every entity); columns are: {', '.join(entities.columns)}"
             )
-        written = engine.write_events(events, out_dir, before=as_of_ts)
+        written = engine.write_events(events, out_dir, before=as_of_ts, keep_missing=False)
         entities_uri, entity_rows = engine.write_entities(entities, out_dir)
 
     spine, from_table = scoring_spine(written.uri, entities_uri, source.signup_column, as_of_ts)
@@ -94,7 +98,13 @@ def extract_scoring(
 
 
 def extract_scoring_table(
-    warehouse_uri: str, out_dir: str, as_of: datetime, source: ScoringSource, batch_rows: int, started: float
+    warehouse_uri: str,
+    out_dir: str,
+    as_of: datetime,
+    source: ScoringSource,
+    batch_rows: int,
+    started: float,
+    reader: str = "auto",
 ) -> ScoringExtractManifest:
     """``spine.parquet`` from a ready-made feature table: the rows to score (the score date's, when the
     table has a snapshot column) with their feature columns; ``snapshot_ts`` = as_of, no label."""
@@ -106,18 +116,14 @@ def extract_scoring_table(
         frame = frame.drop(SNAPSHOT, LABEL, strict=False)
         return feature_tables.spine_order(frame.with_columns(pl.lit(as_of, pl.Datetime("us")).alias(SNAPSHOT)))
 
-    with ExtractEngine(warehouse_uri, source.entity_key, None, batch_rows) as engine:
+    with ExtractEngine(warehouse_uri, source.entity_key, None, batch_rows, reader) as engine:
+        engine.check_queries(source.queries())
         found = feature_tables.feature_table(engine, source, label_required=False)
-        where, params = "", {}
+        where = ""
         if SNAPSHOT in found.columns:
-            warehouse, q = engine.warehouse, engine.warehouse.quote
-            snap = q(found.columns[SNAPSHOT])
-            where = f" WHERE src.{snap} >= :start AND src.{snap} < :end"
-            midnight = datetime(day.year, day.month, day.day)
-            params = {"start": warehouse.lower_bound(midnight),
-                      "end": warehouse.lower_bound(midnight + timedelta(days=1))}
+            where = f" WHERE {engine.warehouse.on_day(found.columns[SNAPSHOT], datetime(day.year, day.month, day.day))}"
         spine_uri = storage.join_uri(out_dir, SPINE_FILE)
-        rows = feature_tables.write_rows(engine, found, spine_uri, finish, where, params)
+        rows = feature_tables.write_rows(engine, found, spine_uri, finish, where)
     feature_tables.remove_event_outputs(out_dir)
     log.info("spine: %s rows of the %s to score", f"{rows:,}", found.name)
     manifest = ScoringExtractManifest(

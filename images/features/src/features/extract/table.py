@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import polars as pl
 from mlcontract import storage
@@ -19,7 +18,7 @@ from mlcontract.names import ENTITIES_FILE, ENTITY, EVENTS_DIR, LABEL, SNAPSHOT
 from mlcontract.source import ScoringSource, TrainingSource
 
 from features.errors import ExtractError
-from features.extract.engine import ExtractEngine, Relation
+from features.extract.engine import ExtractEngine, Relation, writing
 from features.extract.warehouse import Canonicaliser
 
 OPTIONS = {ENTITY: "--entity-key", SNAPSHOT: "--snapshot-column", LABEL: "--label-column"}
@@ -65,7 +64,6 @@ def write_rows(
     uri: str,
     finish: Callable[[pl.DataFrame], pl.DataFrame],
     where: str = "",
-    params: dict[str, Any] | None = None,
 ) -> int:
     """Stream the table's rows (``where`` in SQL, ``finish`` after parsing) into one parquet file at ``uri``;
     the row count. Fails, naming the table and its columns, when a key is on more than one row."""
@@ -78,13 +76,14 @@ def write_rows(
 
     def frames() -> Iterator[pl.DataFrame]:
         seen = False
-        for keys, rows in warehouse.stream(sql, params or {}, engine.batch_rows):
+        for batch in engine.stream(table.relation, sql):
             seen = True
-            yield finish(to_rows(keys, rows))
+            yield finish(to_rows(batch))
         if not seen:  # keep the columns visible downstream even when nothing matched
-            yield finish(to_rows(table.relation.columns, []))
+            yield finish(to_rows.empty(table.relation.columns))
 
-    rows = storage.write_parquet_stream(uri, frames())
+    with writing(f"the rows of {table.name}", uri):
+        rows = storage.write_parquet_stream(uri, frames())
     require_unique(table, uri)
     return rows
 

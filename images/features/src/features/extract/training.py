@@ -32,7 +32,7 @@ from mlcontract.names import (
 from mlcontract.source import TrainingSource
 
 from features.extract import table as feature_tables
-from features.extract.engine import ExtractEngine
+from features.extract.engine import ExtractEngine, step_outputs, writing
 from features.extract.warehouse import DEFAULT_BATCH_ROWS, Canonicaliser, as_naive_utc
 
 log = logging.getLogger(__name__)
@@ -41,23 +41,27 @@ log = logging.getLogger(__name__)
 EMPTY_LABELS_SCHEMA = {ENTITY: pl.Utf8, SNAPSHOT: pl.Datetime("us"), LABEL: pl.Int8}
 
 
+@step_outputs
 def extract(
     warehouse_uri: str,
     out_dir: str,
     source: TrainingSource | None = None,
     cutoff: date | datetime | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    reader: str = "auto",
 ) -> ExtractManifest:
-    """Extract events, labels (and entities) into ``out_dir``; write and return the step manifest."""
+    """Extract events, labels (and entities) into ``out_dir``; write and return the step manifest.
+    ``reader="sqlalchemy"`` reads through SQLAlchemy even where an Arrow driver exists (same output)."""
     source = source or TrainingSource()
     started = time.perf_counter()
     cutoff_ts = as_naive_utc(cutoff)
     log.info("extracting for training (cutoff %s)", cutoff_ts or "none")
     if source.kind == FEATURE_TABLE_SOURCE:
-        return extract_feature_table(warehouse_uri, out_dir, source, cutoff_ts, batch_rows, started)
+        return extract_feature_table(warehouse_uri, out_dir, source, cutoff_ts, batch_rows, started, reader)
     key, snap, label = source.entity_key, source.snapshot_column, source.label_column
     assert snap is not None  # the source requires it with events
-    with ExtractEngine(warehouse_uri, key, source.timestamp_column, batch_rows) as engine:
+    with ExtractEngine(warehouse_uri, key, source.timestamp_column, batch_rows, reader) as engine:
+        engine.check_queries(source.queries())
         events = engine.events_relation(*source.relation("events"))
         options = {key: "--entity-key", snap: "--snapshot-column", label: "--label-column"}
         labels = engine.relation("labels", *source.relation("labels"), options)
@@ -67,9 +71,8 @@ def extract(
 
         warehouse = engine.warehouse
         q = warehouse.quote
-        where, params = "", {}
-        if cutoff_ts is not None:
-            where, params = f" WHERE src.{q(snap)} <= :cutoff", {"cutoff": warehouse.upper_bound(cutoff_ts)}
+        # labels without a snapshot date are kept (the raw gate reports them, with or without a cutoff)
+        where = f" WHERE {warehouse.before(snap, cutoff_ts, inclusive=True)}" if cutoff_ts is not None else ""
         labels_sql = (
             f"SELECT src.{q(key)}, src.{q(snap)}, src.{q(label)} FROM {labels.sql} AS src{where} "
             f"ORDER BY src.{q(key)}, src.{q(snap)}, src.{q(label)}"
@@ -79,18 +82,19 @@ def extract(
 
         def label_frames() -> Iterator[pl.DataFrame]:
             seen = False
-            for keys, rows in warehouse.stream(labels_sql, params, batch_rows):
-                frame = to_labels(keys, rows)
-                if cutoff_ts is not None:
-                    frame = frame.filter(pl.col(SNAPSHOT) <= cutoff_ts)
+            for batch in engine.stream(labels, labels_sql):
+                frame = to_labels(batch)
+                if cutoff_ts is not None:  # exact, after parsing
+                    frame = frame.filter((pl.col(SNAPSHOT) <= cutoff_ts) | pl.col(SNAPSHOT).is_null())
                 snapshots.update(frame[SNAPSHOT].unique().drop_nulls().to_list())
                 seen = True
                 yield frame
             if not seen:
-                yield to_labels([key, snap, label], []).cast(EMPTY_LABELS_SCHEMA)
+                yield to_labels.empty([key, snap, label]).cast(EMPTY_LABELS_SCHEMA)
 
         labels_uri = storage.join_uri(out_dir, LABELS_FILE)
-        label_rows = storage.write_parquet_stream(labels_uri, label_frames())
+        with writing(f"the labels (from {labels.name})", labels_uri):
+            label_rows = storage.write_parquet_stream(labels_uri, label_frames())
         log.info("extracted %s rows (labels, %d snapshots)", f"{label_rows:,}", len(snapshots))
         entities_uri, entity_rows = engine.write_entities(entities, out_dir)
 
@@ -125,6 +129,7 @@ def extract_feature_table(
     cutoff: datetime | None,
     batch_rows: int,
     started: float,
+    reader: str = "auto",
 ) -> ExtractManifest:
     """``labels.parquet`` from a ready-made feature table: entity, snapshot, label and the feature columns.
 
@@ -136,20 +141,19 @@ def extract_feature_table(
     def finish(frame: pl.DataFrame) -> pl.DataFrame:
         if SNAPSHOT not in frame.columns:
             frame = frame.with_columns(pl.lit(at, pl.Datetime("us")).alias(SNAPSHOT))
-        elif cutoff is not None:
-            frame = frame.filter(pl.col(SNAPSHOT) <= cutoff)  # exact, after parsing
+        elif cutoff is not None:  # exact, after parsing; rows without a date are for the raw gate
+            frame = frame.filter((pl.col(SNAPSHOT) <= cutoff) | pl.col(SNAPSHOT).is_null())
         snapshots.update(frame[SNAPSHOT].unique().drop_nulls().to_list())
         return feature_tables.spine_order(frame)
 
-    with ExtractEngine(warehouse_uri, source.entity_key, None, batch_rows) as engine:
+    with ExtractEngine(warehouse_uri, source.entity_key, None, batch_rows, reader) as engine:
+        engine.check_queries(source.queries())
         found = feature_tables.feature_table(engine, source, label_required=True)
-        where, params = "", {}
+        where = ""
         if cutoff is not None and SNAPSHOT in found.columns:
-            q = engine.warehouse.quote
-            where = f" WHERE src.{q(found.columns[SNAPSHOT])} <= :cutoff"
-            params = {"cutoff": engine.warehouse.upper_bound(cutoff)}
+            where = f" WHERE {engine.warehouse.before(found.columns[SNAPSHOT], cutoff, inclusive=True)}"
         labels_uri = storage.join_uri(out_dir, LABELS_FILE)
-        rows = feature_tables.write_rows(engine, found, labels_uri, finish, where, params)
+        rows = feature_tables.write_rows(engine, found, labels_uri, finish, where)
     feature_tables.remove_event_outputs(out_dir)
     features = [c for c in found.relation.columns if c not in found.columns.values()]
     log.info("extracted %s rows (feature table, %d feature columns, %d snapshots)",

@@ -1,24 +1,62 @@
-"""Warehouse access for every extract: SQLAlchemy, identifier quoting, streamed reads, and the canonical
-frames (``entity_id``, ``event_ts``, ``snapshot_ts``, ``label``) made from whatever the source returns.
+"""Warehouse access for every extract: a read-only session, identifier quoting, streamed reads (Arrow-native
+where a driver exists, SQLAlchemy otherwise), driver errors as one line, and the canonical frames
+(``entity_id``, ``event_ts``, ``snapshot_ts``, ``label``) made from whatever the source returns.
+
+Read only, twice over: a query Param must be one read-only query (:mod:`features.extract.query`), and every
+read runs in a read-only session (PostgreSQL: ``BEGIN READ ONLY`` for each transaction and a read-only
+default; SQLite: ``PRAGMA query_only``; MySQL: a read-only session). The pipeline's role should be read
+only as well (README).
+
+Reads: SQLite and PostgreSQL through ADBC (Arrow record batches, no Python object per value), other
+dialects through SQLAlchemy with a server-side cursor. Both give the same frames: an Arrow batch is
+re-chunked to ``batch_rows`` and typed as polars types Python rows of those values (integers Int64, an
+all-NULL column Null, numeric through Decimal...), so both paths write the same files. Where that is not
+known to hold (a type outside the list), the read goes through SQLAlchemy.
 
 SQLite keeps timestamps as text: text columns that hold ISO timestamps are recognised and parsed here,
-and SQL comparisons on them use ISO date prefixes (the exact instant is applied after parsing).
+and SQL comparisons on them use ISO date prefixes (the exact instant is applied after parsing). Rows SQL
+cannot compare (text that does not start with a date, numbers) pass the SQL filter and are parsed: a value
+that is not a timestamp is an error naming the column, never silently dropped.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import polars as pl
 import sqlalchemy as sa
 from mlcontract.names import ENTITY
+from sqlglot import exp
 
 from features.errors import ExtractError
+from features.extract.query import dialect_of, read_only_query
+
+log = logging.getLogger(__name__)
 
 ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+ISO_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 DEFAULT_BATCH_ROWS = 500_000
+READERS = ("auto", "sqlalchemy")
+# The statement that makes a new connection's session read only, per SQLAlchemy backend. PostgreSQL also
+# begins every transaction READ ONLY (the engine's postgresql_readonly option).
+READ_ONLY_SESSION = {
+    "sqlite": "PRAGMA query_only = ON",
+    "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "mysql": "SET SESSION TRANSACTION READ ONLY",
+    "mariadb": "SET SESSION TRANSACTION READ ONLY",
+}
+# Arrow types whose polars form equals that of the same values as Python rows (see like_python_rows);
+# PostgreSQL by the server's type name (the ADBC driver's field metadata), SQLite by the inferred type.
+ARROW_POSTGRESQL_TYPES = {"int2", "int4", "int8", "float4", "float8", "numeric", "bool", "text", "varchar",
+                          "bpchar", "timestamp", "timestamptz", "date"}
+ARROW_SQLITE_TYPES = {"int64", "double", "string", "large_string"}
+PG_TYPE_KEY = b"POSTGRESQL:type"
 
 
 def as_naive_utc(value: date | datetime | str | None) -> datetime | None:
@@ -34,13 +72,68 @@ def as_naive_utc(value: date | datetime | str | None) -> datetime | None:
     return value
 
 
-class Warehouse:
-    """One SQLAlchemy engine on the warehouse; :meth:`close` disposes of it."""
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a database driver or the Arrow stream raises (ADBC's when it is installed)."""
+    errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, OSError)
+    try:
+        import adbc_driver_manager
 
-    def __init__(self, uri: str):
-        self.engine = sa.create_engine(uri)
+        errors += (adbc_driver_manager.Error,)
+    except ImportError:  # pragma: no cover - the features image has it
+        pass
+    return errors
+
+
+def driver_message(error: BaseException, secret: str | None = None) -> str:
+    """The first line of a driver error, without the driver's prefixes (and never ``secret``)."""
+    error = getattr(error, "orig", None) or error  # SQLAlchemy wraps the DBAPI error
+    text = str(error).strip()
+    found = re.search(r"(?:ERROR|FATAL):\s+(.*)", text)  # libpq through ADBC: "IO: [libpq] ... ERROR:  msg"
+    line = (found.group(1) if found else text).splitlines()[0].strip() if text else ""
+    line = re.sub(r"^(?:[A-Z_]+: )?(?:\[\w+\] )?", "", line) or type(error).__name__
+    return line.replace(secret, "***") if secret else line
+
+
+class Warehouse:
+    """One read-only SQLAlchemy engine on the warehouse (and ADBC for the bulk reads where it can);
+    :meth:`close` disposes of it. ``reader="sqlalchemy"`` reads everything through SQLAlchemy."""
+
+    def __init__(self, uri: str, reader: str = "auto"):
+        if reader not in READERS:
+            raise ExtractError(f"reader {reader!r} is not one of {', '.join(READERS)}")
+        try:
+            self.url = sa.engine.make_url(uri)
+        except sa.exc.ArgumentError:
+            raise ExtractError(
+                "the warehouse URI (env WAREHOUSE_URI) is not a database URL such as "
+                "postgresql+psycopg://user@host/db or sqlite:///path/to/file.db"
+            ) from None
+        self.backend = self.url.get_backend_name()
+        self.dialect = dialect_of(self.backend)
+        self.is_sqlite = self.backend == "sqlite"
+        options = {"postgresql_readonly": True} if self.backend == "postgresql" else {}
+        try:
+            self.engine = sa.create_engine(self.url, execution_options=options)
+        except (sa.exc.NoSuchModuleError, ImportError) as error:
+            raise ExtractError(
+                f"the warehouse URI names a {self.url.drivername!r} database, which this image cannot "
+                f"reach ({driver_message(error)})"
+            ) from None
+        sa.event.listen(self.engine, "connect", self._read_only_session)
+        if self.backend not in READ_ONLY_SESSION:
+            log.warning("no read-only session for a %s warehouse: give the pipeline a read-only role", self.backend)
         self.preparer = self.engine.dialect.identifier_preparer
-        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.arrow_uri = arrow_uri(self.url) if reader == "auto" else None
+        log.info("bulk reads through %s", "ADBC (Arrow)" if self.arrow_uri else "SQLAlchemy")
+
+    def _read_only_session(self, dbapi_connection: Any, _record: Any) -> None:
+        statement = READ_ONLY_SESSION.get(self.backend)
+        if statement:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(statement)
+            cursor.close()
+            if not self.is_sqlite:
+                dbapi_connection.commit()  # a session setting, kept after its transaction
 
     def close(self) -> None:
         self.engine.dispose()
@@ -51,50 +144,234 @@ class Warehouse:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def errors(self, source: str) -> Iterator[None]:
+        """Turn a driver error into one line naming ``source`` (the user's table or query Param)."""
+        try:
+            yield
+        except driver_errors() as error:
+            raise ExtractError(f"{source}: reading from the warehouse failed: {driver_message(error, self.url.password)}") from None
+
     def quote(self, identifier: str) -> str:
         return ".".join(self.preparer.quote(part) for part in identifier.split("."))
 
     def relation(self, kind: str, table: str | None, query: str | None) -> str:
-        """``FROM`` target for a table or a query, after checking that the table exists."""
+        """``FROM`` target for a table or a query: the table after checking that it exists, the query
+        after checking that it is one read-only query (in parentheses, on lines of their own so that a
+        trailing ``--`` comment cannot swallow the closing one)."""
         if table:
             schema, _, name = table.rpartition(".")
-            if not sa.inspect(self.engine).has_table(name, schema=schema or None):
+            with self.errors(f"{kind} table {table!r}"):
+                found = sa.inspect(self.engine).has_table(name, schema=schema or None)
+            if not found:
                 raise ExtractError(f"{kind} table {table!r} not found in the warehouse")
             return self.quote(table)
         if not query:
             raise ExtractError(f"give exactly one of --{kind}-table or --{kind}-query")
-        return f"({query.strip().rstrip(';')})"
+        return f"(\n{read_only_query(query, query_param(kind), self.backend)}\n)"
 
-    def columns(self, kind: str, relation: str) -> list[str]:
-        try:
-            with self.engine.connect() as conn:
-                return list(conn.execute(sa.text(f"SELECT * FROM {relation} AS src WHERE 1 = 0")).keys())
-        except sa.exc.DBAPIError as error:
-            raise ExtractError(f"{kind} source failed: {error.orig}") from error
+    def columns(self, source: str, relation: str) -> list[str]:
+        with self.errors(source), self.engine.connect() as conn:
+            names = list(self._execute(conn, f"SELECT * FROM {relation} AS src WHERE 1 = 0").keys())
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ExtractError(f"{source} returns more than one column named {', '.join(map(repr, repeated))}")
+        return names
 
-    def upper_bound(self, moment: datetime) -> Any:
-        """An upper bound on a timestamp column for SQL: the instant itself.
+    @staticmethod
+    def _execute(conn: sa.Connection, sql: str, **options: Any) -> sa.CursorResult:
+        # no bind parameters: the SQL is passed to the driver as it is (a ':' or '%' in a query is text)
+        return conn.execution_options(no_parameters=True, **options).exec_driver_sql(sql)
 
-        SQLite keeps timestamps as text: there, the date prefix of the next day, which holds for every ISO
-        layout; it lets more rows through, and the exact bound is applied after parsing.
-        """
+    def timestamp(self, moment: datetime) -> str:
+        """A SQL literal of ``moment`` (values made here, never the user's) for the warehouse's dialect."""
+        text = moment.isoformat(sep=" ")
+        return exp.cast(exp.Literal.string(text), exp.DataType.build("timestamp")).sql(dialect=self.dialect)
+
+    def before(self, column: str, moment: datetime, *, inclusive: bool = False) -> str:
+        """SQL condition: ``src.column`` before ``moment`` (or at it), plus the rows SQL cannot compare
+        (NULL, and on SQLite values that are not text starting with an ISO date): the exact bound is
+        applied after parsing, where a value that is not a timestamp is an error."""
+        col = f"src.{self.quote(column)}"
         if self.is_sqlite:
-            return (moment + timedelta(days=1)).strftime("%Y-%m-%d")
-        return moment
+            # text compares by ISO date prefix: the next day's holds for every ISO layout
+            bound = (moment + timedelta(days=1)).strftime("%Y-%m-%d")
+            return f"({col} < '{bound}' OR {self.not_iso_text(col)})"
+        return f"({col} {'<=' if inclusive else '<'} {self.timestamp(moment)} OR {col} IS NULL)"
 
-    def lower_bound(self, moment: datetime) -> Any:
-        """A lower bound on a timestamp column for SQL; on SQLite its date prefix (refined after parsing)."""
-        return moment.strftime("%Y-%m-%d") if self.is_sqlite else moment
+    def on_day(self, column: str, day: datetime) -> str:
+        """SQL condition: ``src.column`` on the date of ``day`` (on SQLite by date prefix, plus the values
+        that are not ISO text, so that parsing sees them); the exact day is checked after parsing."""
+        col = f"src.{self.quote(column)}"
+        if self.is_sqlite:
+            start, end = day.strftime("%Y-%m-%d"), (day + timedelta(days=1)).strftime("%Y-%m-%d")
+            return f"(({col} >= '{start}' AND {col} < '{end}') OR ({col} IS NOT NULL AND {self.not_iso_text(col)}))"
+        start_ts, end_ts = self.timestamp(day), self.timestamp(day + timedelta(days=1))
+        return f"({col} >= {start_ts} AND {col} < {end_ts})"
 
-    def stream(self, sql: str, params: dict[str, Any], batch_rows: int) -> Iterator[tuple[list[str], list]]:
-        """Rows in batches, with a server-side cursor: the result is never held in memory at once."""
+    @staticmethod
+    def not_iso_text(col: str) -> str:
+        return f"({col} IS NULL OR typeof({col}) <> 'text' OR {col} NOT GLOB '{ISO_DATE_GLOB}')"
+
+    def stream(self, sql: str, batch_rows: int, source: str) -> Iterator[pl.DataFrame]:
+        """The result in frames of ``batch_rows`` rows (the last one shorter; none when it is empty),
+        never held in memory at once; a driver error is one line naming ``source``."""
+        with self.errors(source):
+            if self.arrow_uri is None:
+                yield from self._sqlalchemy_stream(sql, batch_rows)
+                return
+            done = 0
+            try:
+                for frame in self._arrow_stream(sql, batch_rows):
+                    yield frame
+                    done += frame.height
+                return
+            except ArrowFallback as reason:
+                log.info("%s: %s; reading it through SQLAlchemy", source, reason)
+            except driver_errors() as error:
+                if not (self.is_sqlite and "Type mismatch" in str(error)):
+                    raise
+                # SQLite types a column by its first batch; a later value of another storage class is
+                # typed the way the SQLAlchemy path types it, from the first row not yet written
+                log.info("%s: a column changes SQLite storage class after %s rows; reading on through SQLAlchemy",
+                         source, f"{done:,}")
+            yield from self._sqlalchemy_stream(sql, batch_rows, skip=-(-done // batch_rows))
+
+    def _sqlalchemy_stream(self, sql: str, batch_rows: int, skip: int = 0) -> Iterator[pl.DataFrame]:
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
-                sa.text(sql), params
-            )
+            result = self._execute(conn, sql, stream_results=True, yield_per=batch_rows)
             keys = list(result.keys())
-            for rows in result.partitions(batch_rows):
-                yield keys, rows
+            for index, rows in enumerate(result.partitions(batch_rows)):
+                if index >= skip:
+                    yield rows_frame(keys, rows)
+
+    def _arrow_stream(self, sql: str, batch_rows: int) -> Iterator[pl.DataFrame]:
+        import pyarrow as pa
+
+        with self._adbc_cursor(batch_rows) as cursor:
+            cursor.execute(sql)
+            reader = cursor.fetch_record_batch()
+            numeric = self._check_arrow_schema(reader.schema)
+            pending: list[pa.RecordBatch] = []
+            held = 0
+            for batch in reader:
+                pending.append(batch)
+                held += batch.num_rows
+                while held >= batch_rows:
+                    table = pa.Table.from_batches(pending)
+                    yield like_python_rows(table.slice(0, batch_rows), numeric)
+                    rest = table.slice(batch_rows)
+                    pending, held = rest.to_batches(), rest.num_rows
+            if held:
+                yield like_python_rows(pa.Table.from_batches(pending), numeric)
+
+    def _check_arrow_schema(self, schema: Any) -> set[str]:
+        """The numeric (PostgreSQL NUMERIC) columns; ArrowFallback when a type is outside the known list."""
+        numeric = set()
+        for field in schema:
+            if self.is_sqlite:
+                kind = str(field.type)
+                if kind not in ARROW_SQLITE_TYPES:
+                    raise ArrowFallback(f"column {field.name!r} is read as {kind}")
+            else:
+                kind = (field.metadata or {}).get(PG_TYPE_KEY, b"?").decode()
+                if kind not in ARROW_POSTGRESQL_TYPES:
+                    raise ArrowFallback(f"column {field.name!r} has type {kind}")
+                if kind == "numeric":
+                    numeric.add(field.name)
+        return numeric
+
+    @contextmanager
+    def _adbc_cursor(self, batch_rows: int) -> Iterator[Any]:
+        """An ADBC cursor in a read-only session (SQLite: query_only; PostgreSQL: a READ ONLY transaction,
+        rolled back when the connection closes)."""
+        assert self.arrow_uri is not None
+        if self.is_sqlite:
+            import adbc_driver_sqlite
+            import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+            connection = adbc_sqlite.connect(self.arrow_uri)
+        else:
+            import adbc_driver_postgresql.dbapi as adbc_postgresql
+
+            connection = adbc_postgresql.connect(self.arrow_uri, autocommit=True)
+        try:
+            cursor = connection.cursor()
+            try:
+                if self.is_sqlite:
+                    cursor.execute(READ_ONLY_SESSION["sqlite"])
+                    # SQLite types each column from the first batch: the same rows as a SQLAlchemy batch
+                    cursor.adbc_statement.set_options(
+                        **{adbc_driver_sqlite.StatementOptions.BATCH_ROWS.value: str(batch_rows)}
+                    )
+                else:
+                    cursor.execute("BEGIN READ ONLY")
+                yield cursor
+            finally:
+                cursor.close()
+        finally:
+            connection.close()
+
+
+class ArrowFallback(Exception):
+    """The Arrow read would not type a column as the SQLAlchemy path does; the message says which."""
+
+
+def arrow_uri(url: sa.URL) -> str | None:
+    """What the ADBC driver connects to for this warehouse, or None (no ADBC driver: SQLAlchemy)."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database
+        if not database or database == ":memory:":
+            return None
+        query = {k: v for k, v in url.query.items() if k != "uri"}
+        if "uri" in url.query:  # sqlite:///file:path?mode=ro&uri=true
+            return database + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
+        return database
+    if backend == "postgresql":
+        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return None
+
+
+def rows_frame(keys: list[str], rows: list) -> pl.DataFrame:
+    """A frame of Python rows (what a DBAPI cursor returns), each column typed from all its values."""
+    return pl.DataFrame(
+        [list(column) for column in zip(*rows)] if rows else [[] for _ in keys],
+        schema=keys,
+        orient="col",
+        strict=False,
+        infer_schema_length=None,
+    )
+
+
+def like_python_rows(table: Any, numeric: set[str]) -> pl.DataFrame:
+    """An Arrow table as :func:`rows_frame` types the same values as Python rows: integers Int64, float4
+    through its text (as the driver reads it), NUMERIC through Decimal, a column with only NULLs Null."""
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    columns = []
+    for series in frame.iter_columns():
+        if series.null_count() == series.len():
+            series = pl.Series(series.name, [None] * series.len(), dtype=pl.Null)
+        elif series.name in numeric:
+            values = [None if v is None else Decimal(v) for v in series.to_list()]
+            series = rows_frame([series.name], [(v,) for v in values]).to_series()
+        elif series.dtype.is_integer():
+            series = series.cast(pl.Int64)
+        elif series.dtype == pl.Float32:
+            series = series.cast(pl.Utf8).cast(pl.Float64)
+        columns.append(series)
+    return pl.DataFrame(columns)
+
+
+def query_param(kind: str) -> str:
+    """How messages name a relation's query Param (the DAG Param; the CLI option is --{kind}-query)."""
+    return f"the {kind} query (Param {kind}_query)"
+
+
+def source_name(kind: str, table: str | None) -> str:
+    """How messages name a relation: its table, or its query Param."""
+    return f"{kind} table {table!r}" if table else query_param(kind)
 
 
 def require_columns(kind: str, available: list[str], wanted: dict[str, str]) -> None:
@@ -133,8 +410,10 @@ def parse_timestamps(series: pl.Series, column: str) -> pl.Series:
             parsed = pl.select(pl.coalesce(with_time, minutes, day)).to_series()
         bad = parsed.is_null() & series.is_not_null()
         if bad.any():
-            example = series.filter(bad)[0]
-            raise ExtractError(f"column {column!r} has a value that is not a timestamp: {example!r}")
+            raise ExtractError(
+                f"column {column!r} has values that are not timestamps ({int(bad.sum()):,} in a batch of "
+                f"{series.len():,} rows, e.g. {series.filter(bad)[0]!r}); fix them or leave them out in a query"
+            )
         return parsed.alias(series.name)
     raise ExtractError(f"column {column!r} has type {dtype}, expected a timestamp")
 
@@ -155,14 +434,13 @@ class Canonicaliser:
         self.schema: dict[str, pl.DataType] | None = None
         self.text_timestamps: set[str] = set()
 
-    def __call__(self, keys: list[str], rows: list) -> pl.DataFrame:
-        frame = pl.DataFrame(
-            [list(column) for column in zip(*rows)] if rows else [[] for _ in keys],
-            schema=keys,
-            orient="col",
-            strict=False,
-            infer_schema_length=None,
-        ).rename(self.renames)
+    def empty(self, keys: list[str]) -> pl.DataFrame:
+        """The canonical frame of no rows, for a source that returned none."""
+        return self(rows_frame(keys, []))
+
+    def __call__(self, raw: pl.DataFrame) -> pl.DataFrame:
+        """The canonical frame of one batch as the warehouse returned it (:meth:`Warehouse.stream`)."""
+        frame = raw.rename(self.renames)
         if self.schema is None and self.is_sqlite:
             # SQLite returns timestamps as text: recognise ISO text columns once, on the first batch
             for name, dtype in frame.schema.items():
