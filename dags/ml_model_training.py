@@ -3,10 +3,16 @@
 
 Runs weekly (Sundays 03:00 UTC) and whenever `model_monitoring` emits the drift asset.
 
-Extract → **gate** (GX, raw data) → point-in-time features (polars) → **gate** (GX, features) →
-hyperparameter trials fanned out on the `gpu_pool` → final fit, registered as `challenger` →
-challenger and champion evaluated on the same test set → **branch**: promote (→ deploy), start an A/B test
-(`deploy_mode=ab_test`: the challenger serves `challenger_share` until monitoring decides), or reject.
+**Preflight** (MLflow, warehouse, artifact store; seconds) → extract → **gate** (GX, raw data) →
+point-in-time features (polars) → **gate** (GX, features) → hyperparameter trials fanned out on the
+`gpu_pool` → final fit, registered as `challenger` → the champion pinned, its own features rebuilt (its
+spec and vocabulary) on the same test rows → challenger and champion evaluated on those rows → **branch**:
+promote (→ deploy), start an A/B test (`deploy_mode=ab_test`: the challenger serves `challenger_share` until
+monitoring decides), or reject.
+
+"First model" means no champion exists. A champion that cannot be compared (another task, its training
+snapshot gone) refuses promotion unless `allow_incomparable_promotion` is set; the audit record says which.
+`champion` moves only if it still points at the version the challenger was compared with.
 
 Every compute step is a pod built by `mlplatform.steps` (`PIPELINE_RUNTIME=kubernetes`: KubernetesPodOperator;
 `local`: the same pod's command as a local process). Steps pass small manifests, never data.
@@ -26,7 +32,7 @@ from airflow.sdk import Param, TriggerRule, chain, dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 from mlcontract import layout
-from mlplatform import training
+from mlplatform import preflight, training
 from mlplatform.assets import DRIFT_ASSET
 from mlplatform.defaults import dag_kwargs
 from mlplatform.params import (
@@ -95,9 +101,22 @@ SETTINGS = load_settings()
             "challenger_share of the traffic next to the champion until monitoring decides the test.",
         ),
         "challenger_share": Param(0.1, type="number", exclusiveMinimum=0.0, exclusiveMaximum=1.0),
+        "allow_incomparable_promotion": Param(
+            False, type="boolean",
+            description="Promote a challenger that clears the threshold even when the champion cannot be compared "
+            "with it (another task, or its training snapshot is gone). Off: such a challenger is rejected.",
+        ),
     }, TRAINING_FORM),
 )
 def ml_model_training():
+    # No retries: an unreachable service is reported in seconds, not after the default retry delays.
+    @task(task_id="preflight", retries=0)
+    def preflight_checks() -> list[str]:
+        """MLflow, the warehouse and the artifact store answer, each within seconds, before any compute."""
+        return preflight.preflight(SETTINGS)
+
+    checked = preflight_checks()
+
     extract = step(
         "extract",
         FEATURES,
@@ -167,6 +186,24 @@ def ml_model_training():
             "--validations", step_dir("validate_raw"), step_dir("validate_features"),
         ],
     )
+    @task(multiple_outputs=True)
+    @renders_as(training.SAMPLE_CHAMPION_PIN)
+    def pin_champion() -> dict:
+        """The champion this run compares against, pinned once: promotion moves `champion` only from it."""
+        return training.pin_champion(SETTINGS)
+
+    champion = pin_champion()
+    champion_features = step(
+        "build_champion_features",
+        FEATURES,
+        [
+            "build-champion-features",
+            "--features", step_dir("build_features"),
+            "--model-name", SETTINGS.registered_model_name,
+            "--champion-version", pull("pin_champion", "version"),
+            "--reference-snapshot", pull("pin_champion", "snapshot_uri"),
+        ],
+    )
     evaluate = step(
         "evaluate",
         TRAINER_CPU,
@@ -175,6 +212,7 @@ def ml_model_training():
             "--features", step_dir("build_features"),
             "--model-name", SETTINGS.registered_model_name,
             "--challenger-version", "{{ challenger_version(dag.dag_id, run_id) }}",
+            "--champion-features", step_dir("build_champion_features"),
         ],
     )
 
@@ -223,8 +261,8 @@ def ml_model_training():
     deployed = deploy(promoted)
     summary = report(decision, best_trial)
 
-    chain(extract, validate_raw, build_features, validate_features, trial_arguments)
-    chain(trials, best_trial, train_model, evaluate, decision, route)
+    chain(checked, extract, validate_raw, build_features, validate_features, trial_arguments)
+    chain(trials, best_trial, train_model, champion, champion_features, evaluate, decision, route)
     route >> [promoted, ab_test, rejected]
     [deployed, ab_test, rejected] >> summary
 

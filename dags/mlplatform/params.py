@@ -45,7 +45,7 @@ TRAINING_FORM = {
                "label_column", "cutoff", "min_event_rows"),
     "Features": ("feature_spec", "split", "split_seed"),
     "Training": ("task", "n_trials", "max_boost_rounds", "seed"),
-    "Promotion": ("promotion_threshold", "promotion_margin"),
+    "Promotion": ("promotion_threshold", "promotion_margin", "allow_incomparable_promotion"),
     "Deployment": ("deploy_mode", "challenger_share"),
 }
 SCORING_FORM = {

@@ -3,6 +3,11 @@
 Aliases: ``challenger`` (set by the trainer), ``champion`` (serving), ``previous-champion`` (rollback target).
 Every move is written as an audit record (who, which DAG run, why, metrics compared) to the artifact store
 and summarised in tags on the model versions involved.
+
+Promotion is a compare-and-set: given the champion the challenger was compared with (``expected_champion``,
+None for "no champion"), ``champion`` moves only if it still points there; otherwise nothing moves and a
+reject is recorded with the reason (two concurrent runs never both promote blindly). MLflow has no atomic
+alias update, so the check and the move are two calls, milliseconds apart.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ class AliasMove:
     run_id: str
     metrics: dict[str, Any] = field(default_factory=dict)
     moved_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    # promotion: what the decision rested on (mlcontract.rules: compared, first model, ...) and the champion
+    # version the challenger was compared with
+    basis: str | None = None
+    compared_with: str | None = None
+
+
+ANY_CHAMPION = object()  # promote without the compare-and-set check (an A/B test decided by monitoring)
 
 
 def client(tracking_uri: str):
@@ -64,15 +76,26 @@ def _audited_decision(
 
 def promote(
     tracking_uri: str, artifact_root: str, model_name: str, version: str, *, reason: str, dag_id: str,
-    run_id: str, metrics: dict[str, Any],
+    run_id: str, metrics: dict[str, Any], expected_champion: str | None | object = ANY_CHAMPION,
+    basis: str | None = None,
 ) -> AliasMove:
     """Make ``version`` the champion; the champion it replaces becomes ``previous-champion``.
 
+    With ``expected_champion`` (a version, or None for "no champion"): only if ``champion`` still points
+    there; otherwise a reject is recorded (``action="reject"``) and nothing moves.
     Idempotent: promoting the version that is already champion (a task rerun) moves nothing.
     """
     registry = client(tracking_uri)
     current = alias_version(tracking_uri, model_name, CHAMPION)
-    move = AliasMove(model_name, CHAMPION, str(version), current, "promote", reason, dag_id, run_id, metrics)
+    compared = None if expected_champion is ANY_CHAMPION else expected_champion
+    if expected_champion is not ANY_CHAMPION and current != expected_champion and current != str(version):
+        was = f"v{expected_champion}" if expected_champion else "no champion"
+        moved = (f"@{CHAMPION} moved from {was} to v{current} after this run compared v{version} with {was}: "
+                 f"not promoted (a new run compares it with v{current})")
+        return reject(tracking_uri, artifact_root, model_name, version, reason=f"{moved}; was: {reason}",
+                      dag_id=dag_id, run_id=run_id, metrics=metrics, basis="champion moved", compared_with=compared)
+    move = AliasMove(model_name, CHAMPION, str(version), current, "promote", reason, dag_id, run_id, metrics,
+                     basis=basis, compared_with=compared)
     if current != str(version):
         if current is not None:
             registry.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, current)
@@ -82,11 +105,12 @@ def promote(
 
 def reject(
     tracking_uri: str, artifact_root: str, model_name: str, version: str, *, reason: str, dag_id: str,
-    run_id: str, metrics: dict[str, Any],
+    run_id: str, metrics: dict[str, Any], basis: str | None = None, compared_with: str | None = None,
 ) -> AliasMove:
     """Record that a challenger was not promoted; the champion alias is left exactly as it was."""
     current = alias_version(tracking_uri, model_name, CHAMPION)
-    move = AliasMove(model_name, CHAMPION, current or "", current, "reject", reason, dag_id, run_id, metrics)
+    move = AliasMove(model_name, CHAMPION, current or "", current, "reject", reason, dag_id, run_id, metrics,
+                     basis=basis, compared_with=compared_with)
     return _audited_decision(tracking_uri, artifact_root, move, version, champion=current)
 
 

@@ -77,10 +77,18 @@ def test_training_dag_shape(dagbag):
     # Sundays 03:00 UTC, or retrain on drift.
     assert dag.timetable.description == "Triggered by assets or At 03:00, only on Sunday"
     assert DRIFT_ASSET.uri in repr(dag.timetable.asset_condition)
-    order = ["extract", "validate_raw", "build_features", "validate_features", "plan_trials", "train_trial",
-             "select_best_trial", "train_model", "evaluate", "compare_models", "promote_or_reject"]
+    order = ["preflight", "extract", "validate_raw", "build_features", "validate_features", "plan_trials",
+             "train_trial", "select_best_trial", "train_model", "pin_champion", "build_champion_features",
+             "evaluate", "compare_models", "promote_or_reject"]
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream} missing"
+    # the services are checked before any compute, once: an unreachable one fails the run in seconds
+    assert dag.get_task("preflight").upstream_task_ids == set() and dag.get_task("preflight").retries == 0
+    # the champion is judged on its own features, pinned once for the compare-and-set promotion
+    evaluate = " ".join(dag.get_task("evaluate").arguments)
+    assert "--champion-features" in evaluate and "build_champion_features" in evaluate
+    assert "pin_champion" in " ".join(dag.get_task("build_champion_features").arguments)
+    assert dag.params["allow_incomparable_promotion"] is False
     branch = dag.get_task("promote_or_reject")
     assert branch.downstream_task_ids == {"promote", "start_ab_test", "reject"}
     assert dag.get_task("deploy").upstream_task_ids == {"promote"}

@@ -52,10 +52,15 @@ def test_the_first_model_is_promoted_outright_even_in_ab_mode():
     assert training.route(decision.model_dump(mode="json"), "ab_test") == "promote"
 
 
-def test_a_champion_without_comparable_metrics_is_not_compared():
-    champion = ModelEvaluation(version="1", comparable=False, reason="different features")
+# Issue 10 changed this: an incomparable champion refuses promotion unless the Param allows it.
+def test_a_champion_without_comparable_metrics_refuses_promotion_unless_allowed():
+    champion = ModelEvaluation(version="1", comparable=False, reason="its training snapshot is gone")
     decision = training.promotion_decision(evaluation(0.75, champion), threshold=0.7, margin=0.5)
-    assert decision.action == "promote" and "different features" in decision.reason
+    assert decision.action == "reject" and "its training snapshot is gone" in decision.reason
+    assert training.route(decision.model_dump(mode="json"), "full") == "reject"
+    allowed = training.promotion_decision(evaluation(0.75, champion), threshold=0.7, margin=0.5,
+                                          allow_incomparable=True)
+    assert allowed.action == "promote" and allowed.basis == "champion incomparable: allowed by Param"
 
 
 def test_trial_arguments_point_every_trial_at_the_run_features():

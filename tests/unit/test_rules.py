@@ -4,8 +4,13 @@ import math
 
 import pytest
 from mlcontract.rules import (
+    ALREADY_CHAMPION,
+    FIRST_MODEL,
+    INCOMPARABLE_ALLOWED,
+    INCOMPARABLE_REFUSED,
     INSUFFICIENT,
     KEEP,
+    NOT_COMPUTABLE,
     PROMOTE,
     REJECT,
     ROLLBACK,
@@ -63,11 +68,40 @@ def test_negative_margin_is_an_error():
         promotion(0.9, 0.8, threshold=0.5, margin=-0.1)
 
 
-def test_a_champion_that_cannot_be_compared_leaves_only_the_threshold():
-    champion = Score(version="1", value=None, comparable=False, reason="other features")
+# Issue 10 changed this rule: a champion that cannot be compared is no longer treated as absent.
+def test_a_champion_that_cannot_be_compared_refuses_promotion_unless_allowed():
+    champion = Score(version="1", value=None, comparable=False, reason="its training snapshot is gone")
     decision = decide_promotion(Score(version="2", value=0.75), champion, threshold=0.7, margin=0.01)
-    assert decision.action == PROMOTE and "other features" in decision.reason
+    assert decision.action == REJECT and decision.basis == INCOMPARABLE_REFUSED
+    assert "its training snapshot is gone" in decision.reason and "allow_incomparable_promotion" in decision.reason
+    assert "first model" not in decision.reason
     assert decision.incumbent.version == "1" and decision.candidate.version == "2"
+    allowed = decide_promotion(Score(version="2", value=0.75), champion, threshold=0.7, margin=0.01,
+                               allow_incomparable=True)
+    assert allowed.action == PROMOTE and allowed.basis == INCOMPARABLE_ALLOWED
+    assert "allow_incomparable_promotion is set" in allowed.reason
+
+
+def test_first_model_means_no_champion_exists():
+    decision = decide_promotion(Score(version="1", value=0.75), None, threshold=0.7, margin=0.01)
+    assert decision.action == PROMOTE and decision.basis == FIRST_MODEL and "first model" in decision.reason
+
+
+def test_a_metric_that_cannot_be_computed_rejects_and_the_decision_stays_json():
+    import json
+
+    challenger = Score(version="2", value=float("nan"), comparable=False, reason="one class only")
+    champion = Score(version="1", value=0.8)
+    decision = decide_promotion(challenger, champion, threshold=0.7, margin=0.0)
+    assert decision.action == REJECT and decision.basis == NOT_COMPUTABLE and "one class only" in decision.reason
+    assert decision.candidate.value is None
+    json.dumps(decision.model_dump(mode="json"), allow_nan=False)  # XCom: strict JSON
+
+
+def test_a_challenger_that_is_already_champion_is_not_promoted_again():
+    decision = decide_promotion(Score(version="3", value=0.8), Score(version="3", value=0.8), threshold=0.7,
+                                margin=0.0)
+    assert decision.action == REJECT and decision.basis == ALREADY_CHAMPION
 
 
 # --- rollback --------------------------------------------------------------------------------------------

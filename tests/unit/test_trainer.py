@@ -418,9 +418,14 @@ def test_rerun_reuses_version_and_same_seed_gives_same_model(tmp_path, snapshot,
     assert [str(v.version) for v in versions] == ["1"]
     assert str(client.get_model_version_by_alias("churn-b", "challenger").version) == "1"
 
-    # another pipeline run, same snapshot/seed/params: a new version with an identical model
+    # Issue 10: another pipeline run on the same snapshot, seed, params and code reuses the identical
+    # version instead of registering a second one, and says which run registered it
     second = train(features, tmp_path / "c", "churn-b", "manual__2", mlflow_env)
-    assert second["model_version"] == "2"
+    assert second["model_version"] == "1" and second["reused_from"] == "ml_model_training/manual__1"
+    assert [str(v.version) for v in client.search_model_versions("name = 'churn-b'")] == ["1"]
+    # another seed is another fit: a new version, and the same seed gives the same model
+    third = train(features, tmp_path / "d", "churn-b", "manual__3", mlflow_env, seed=8)
+    assert third["model_version"] == "2" and third["reused_from"] is None
     assert str(client.get_model_version_by_alias("churn-b", "challenger").version) == "2"
     test = pl.read_parquet(
         storage.local_path(storage.join_uri(BuildManifest.read(features).snapshot_uri, "test.parquet"))

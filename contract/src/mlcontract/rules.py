@@ -4,7 +4,9 @@ Each compares a candidate with an incumbent on one metric and returns the same :
 training DAG, the monitor step and the monitoring DAG record, log and audit them alike.
 
 - promotion: the challenger (candidate) must clear ``threshold`` and beat the champion (incumbent) by
-  ``margin``; with no comparable champion only the threshold applies.
+  ``margin``; with no champion at all ("first model") only the threshold applies. A champion that exists but
+  could not be scored on the same test rows is never treated as absent: promotion is refused unless the
+  caller explicitly allows an incomparable promotion (the decision's ``basis`` says which happened).
 - rollback: the previous champion (candidate) beats the serving champion (incumbent) on the same labelled
   rows by more than ``margin``.
 - A/B test: the challenger arm (candidate) does at least as well as the champion arm (incumbent) plus
@@ -21,12 +23,17 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from mlcontract.names import BINARY, MULTICLASS, REGRESSION
 
 PROMOTE, REJECT, ROLLBACK, KEEP, INSUFFICIENT = "promote", "reject", "rollback", "keep", "insufficient_data"
 Action = Literal["promote", "reject", "rollback", "keep", "insufficient_data"]
+# What a promotion decision rests on (recorded with it and in the audit record).
+COMPARED, FIRST_MODEL, INCOMPARABLE_REFUSED, INCOMPARABLE_ALLOWED, NOT_COMPUTABLE, ALREADY_CHAMPION = (
+    "compared", "first model", "champion incomparable: refused", "champion incomparable: allowed by Param",
+    "challenger metric not computable", "already champion",
+)
 
 
 class TaskMetric(BaseModel):
@@ -97,6 +104,12 @@ class Score(BaseModel):
     comparable: bool = True
     reason: str | None = None
 
+    @field_validator("value", mode="before")
+    @classmethod
+    def _finite_or_none(cls, value: float | None) -> float | None:
+        """NaN or infinity is "no value": it compares as nothing and keeps the decision JSON (XCom)."""
+        return None if value is not None and not math.isfinite(float(value)) else value
+
     @property
     def usable(self) -> bool:
         return self.comparable and self.value is not None and not math.isnan(self.value)
@@ -121,6 +134,7 @@ class Decision(BaseModel):
     min_rows: int | None = None
     # the metric's direction; lower-is-better rules use a relative margin and a naive-baseline threshold
     higher_is_better: bool = True
+    basis: str | None = None  # promotion: what the decision rests on (COMPARED, FIRST_MODEL, ...)
 
     @property
     def acts(self) -> bool:
@@ -141,38 +155,56 @@ def decide_promotion(
     margin: float,
     metric: str = "test_auc",
     task: TaskMetric = TASK_METRICS[BINARY],
+    allow_incomparable: bool = False,
 ) -> Decision:
-    """Promote when the challenger clears ``threshold`` AND beats a comparable champion by ``margin``."""
+    """Promote when the challenger clears ``threshold`` AND beats the champion by ``margin`` on the same rows.
+
+    ``champion`` None means no champion exists (the first model: only the threshold applies). A champion that
+    could not be scored (``not champion.usable``) refuses promotion unless ``allow_incomparable``.
+    """
     _check_margin(margin)
 
-    def decision(action: Action, reason: str) -> Decision:
+    def decision(action: Action, basis: str, reason: str) -> Decision:
         return Decision(rule="promotion", action=action, reason=reason, metric=metric, candidate=challenger,
                         incumbent=champion, margin=margin, threshold=threshold,
-                        higher_is_better=task.higher_is_better)
+                        higher_is_better=task.higher_is_better, basis=basis)
 
     value = challenger.value
     kind = task.threshold_kind
-    if value is None or math.isnan(value):  # NaN never promotes
-        return decision(REJECT, f"challenger {metric} is missing or NaN")
+    if value is None or not challenger.comparable:  # NaN never promotes (Score turns it into None)
+        why = f": {challenger.reason}" if challenger.reason else ""
+        return decision(REJECT, NOT_COMPUTABLE, f"{challenger.label('challenger')} {metric} cannot be computed{why}")
+    if champion is not None and champion.version is not None and champion.version == challenger.version:
+        return decision(REJECT, ALREADY_CHAMPION, f"{challenger.label('challenger')} is already the champion")
     if not task.clears(value, threshold):
         if task.higher_is_better:
-            return decision(REJECT, f"challenger {metric} {value:.4f} is below the threshold {threshold:.4f}")
-        return decision(REJECT, f"challenger {metric} {value:.4f} does not beat the naive baseline {threshold:.4f}")
+            return decision(REJECT, COMPARED if champion else FIRST_MODEL,
+                            f"challenger {metric} {value:.4f} is below the threshold {threshold:.4f}")
+        return decision(REJECT, COMPARED if champion else FIRST_MODEL,
+                        f"challenger {metric} {value:.4f} does not beat the naive baseline {threshold:.4f}")
     clears = f"clears the {kind} {threshold:.4f}"
-    if champion is None or not champion.usable:
-        why = "first model" if champion is None else f"champion not comparable ({champion.reason})"
-        return decision(PROMOTE, f"{why}: {metric} {value:.4f} {clears}")
+    if champion is None:
+        return decision(PROMOTE, FIRST_MODEL, f"first model (no champion yet): {metric} {value:.4f} {clears}")
+    if not champion.usable:
+        incomparable = f"{champion.label('champion')} could not be compared on this test set ({champion.reason})"
+        if allow_incomparable:
+            return decision(PROMOTE, INCOMPARABLE_ALLOWED,
+                            f"{incomparable}; promoted without a comparison because allow_incomparable_promotion "
+                            f"is set: {metric} {value:.4f} {clears}")
+        return decision(REJECT, INCOMPARABLE_REFUSED,
+                        f"{incomparable}: promotion refused (set allow_incomparable_promotion to promote "
+                        f"without a comparison)")
     required = task.required(champion.value, margin)
     if not task.reaches(value, required):
         return decision(
-            REJECT,
-            f"challenger {metric} {value:.4f} does not beat champion {champion.value:.4f} "
+            REJECT, COMPARED,
+            f"challenger {metric} {value:.4f} does not beat {champion.label('champion')} {champion.value:.4f} "
             f"by the margin {task.margin_text(margin)} (needs {'>=' if task.higher_is_better else '<='} "
             f"{required:.4f})",
         )
     return decision(
-        PROMOTE,
-        f"challenger {metric} {value:.4f} beats champion {champion.value:.4f} by "
+        PROMOTE, COMPARED,
+        f"challenger {metric} {value:.4f} beats {champion.label('champion')} {champion.value:.4f} by "
         f"{task.gain(value, champion.value)} (margin {task.margin_text(margin)}) and {clears}",
     )
 

@@ -15,6 +15,7 @@ from mlcontract.manifests.features import (
     SnapshotManifest,
 )
 from mlcontract.manifests.trainer import (
+    ChampionFeaturesManifest,
     EvaluateManifest,
     ModelEvaluation,
     MonitorManifest,
@@ -24,7 +25,8 @@ from mlcontract.manifests.trainer import (
 )
 
 __all__ = [
-    "BuildManifest", "EvaluateManifest", "ExtractManifest", "GateFailure", "GateManifest", "LabelsManifest",
+    "BuildManifest", "ChampionFeaturesManifest", "EvaluateManifest", "ExtractManifest", "GateFailure",
+    "GateManifest", "LabelsManifest",
     "Manifest", "ModelEvaluation", "MonitorManifest", "PredictionsManifest", "PublishManifest",
     "ScoreManifest", "ScoringBuildManifest", "ScoringExtractManifest", "SeedManifest", "SnapshotManifest",
     "TrainManifest", "TrialManifest",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlcontract.manifests.base import Manifest
 from mlcontract.rules import Decision, Score
@@ -17,6 +18,13 @@ def _filled(data: Any, field: str, older: str) -> Any:
     if isinstance(data, dict) and data.get(field) is None and data.get(older) is not None:
         return {**data, field: data[older]}
     return data
+
+
+def finite(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """NaN and infinity as None: a metric that cannot be computed, in a manifest that stays valid JSON."""
+    if metrics is None:
+        return None
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
 
 
 class TrialManifest(Manifest):
@@ -58,7 +66,7 @@ class TrainManifest(Manifest):
     mlflow_run_id: str
     task: Task = "binary"
     classes: list[str] | None = None  # multiclass: the user's class labels, by class index
-    metrics: dict[str, float | int]
+    metrics: dict[str, float | int | None]
     threshold: float
     params: dict[str, Any]
     seed: int
@@ -71,6 +79,18 @@ class TrainManifest(Manifest):
     fit_seconds: float
     model_version: str | None = None
     model_uri: str | None = None
+    # what makes two fits identical (snapshot, params, seed, rounds, device, code): a re-trigger of the same
+    # data reuses the version registered with this key instead of registering an identical one
+    fit_key: str | None = None
+    # set when this run reused such a version: which pipeline run registered it
+    reused_from: str | None = None
+    # False when the judged test metric cannot be computed: `challenger` was left where it was
+    challenger_alias_set: bool = True
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _finite_metrics(cls, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        return finite(metrics)
 
 
 class ModelEvaluation(BaseModel):
@@ -81,8 +101,38 @@ class ModelEvaluation(BaseModel):
     version: str
     run_id: str | None = None
     comparable: bool
-    metrics: dict[str, float | int] | None = None
+    metrics: dict[str, float | int | None] | None = None
     reason: str | None = None
+    # how the model's features were made: "own snapshot" (rebuilt with its own spec and vocabulary on the
+    # test rows), "same snapshot" (it was trained on this snapshot's features) or "test split" (older runs)
+    features: str | None = None
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _finite(cls, metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A metric that cannot be computed (NaN: one class in the test rows) is None, so the manifest stays JSON."""
+        return finite(metrics)
+
+
+class ChampionFeaturesManifest(Manifest):
+    """``build-champion-features``: the champion's own features on the challenger's test rows.
+
+    Built with the champion's training snapshot's spec, category vocabulary and columns, from the same
+    extract and the same (entity, snapshot) rows as the challenger's test split, so both models are judged on
+    the same rows with the features each was trained on. ``champion_version`` None: there is no champion.
+    ``comparable`` False: the champion's features cannot be made from this data, ``reason`` says why.
+    """
+
+    step: Literal["build-champion-features"] = "build-champion-features"
+    model_name: str
+    champion_version: str | None = None
+    reference_snapshot_uri: str | None = None
+    snapshot_hash: str  # the challenger's snapshot, whose test rows these are
+    same_snapshot: bool = False  # the champion was trained on this very snapshot: its test split is reused
+    comparable: bool = False
+    reason: str | None = None
+    rows: int = 0
+    feature_columns: list[str] = Field(default_factory=list)
 
 
 class EvaluateManifest(Manifest):
@@ -96,9 +146,14 @@ class EvaluateManifest(Manifest):
     task: Task = "binary"
     # the naive baseline (the train split's class prior / mean, predicted for every row) on the same rows:
     # what a lower-is-better promotion metric must beat
-    baseline: dict[str, float | int] | None = None
+    baseline: dict[str, float | int | None] | None = None
     challenger: ModelEvaluation
     champion: ModelEvaluation | None = None
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _finite_baseline(cls, baseline: dict[str, Any] | None) -> dict[str, Any] | None:
+        return finite(baseline)
 
 
 class ScoreManifest(Manifest):

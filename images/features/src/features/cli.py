@@ -124,6 +124,14 @@ def cmd_build_scoring(args: argparse.Namespace, env: StepEnvironment) -> Manifes
     return build_scoring(args.extract, env.output(args.out), args.reference_snapshot)
 
 
+def cmd_build_champion_features(args: argparse.Namespace, env: StepEnvironment) -> Manifest:
+    from features.engineering.comparison import build_champion_features
+
+    return build_champion_features(
+        args.features, env.output(args.out), args.model_name, args.champion_version, args.reference_snapshot
+    )
+
+
 def cmd_validate_predictions(args: argparse.Namespace, env: StepEnvironment) -> Manifest:
     from features.gates.predictions import validate_predictions
 
@@ -259,6 +267,15 @@ def commands() -> Commands:
     build_scoring.add_argument(
         "--reference-snapshot", required=True, help="the model's training feature snapshot URI (its version tag)"
     )
+
+    champion = add(
+        "build-champion-features", cmd_build_champion_features,
+        "the champion's own features (its spec and vocabulary) on the challenger's test rows",
+    )
+    champion.add_argument("--features", required=True, help="the challenger's build step output directory")
+    champion.add_argument("--model-name", required=True)
+    champion.add_argument("--champion-version", default="", help="the pinned champion version; empty: none")
+    champion.add_argument("--reference-snapshot", default="", help="the champion's training snapshot URI")
 
     output_gate = add("validate-predictions", cmd_validate_predictions, "gate 3: Great Expectations on predictions")
     output_gate.add_argument("--predictions", required=True, help="the score step's output directory")

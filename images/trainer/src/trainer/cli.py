@@ -98,7 +98,10 @@ def train(args: argparse.Namespace) -> TrainManifest:
 def evaluate(args: argparse.Namespace) -> EvaluateManifest:
     from trainer.evaluate import run_evaluate
 
-    return run_evaluate(args.features, args.model_name, args.challenger_version, args.env.output(args.out))
+    return run_evaluate(
+        args.features, args.model_name, args.challenger_version, args.env.output(args.out),
+        champion_features=args.champion_features,
+    )
 
 
 def score(args: argparse.Namespace) -> ScoreManifest:
@@ -178,6 +181,10 @@ def build_commands(env: StepEnvironment) -> Commands:
     _snapshot_option(evaluate_command, "the `features build` step's output directory (has manifest.json)")
     evaluate_command.add_argument("--model-name", required=True, metavar="NAME")
     evaluate_command.add_argument("--challenger-version", required=True, metavar="V")
+    evaluate_command.add_argument(
+        "--champion-features", metavar="DIR",
+        help="the build-champion-features step's output: the pinned champion's own features on the test rows",
+    )
 
     score_command = commands.add(
         "score", score, help="batch predictions with the model behind an alias (and A/B arm)"

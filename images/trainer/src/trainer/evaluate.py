@@ -1,9 +1,15 @@
-"""`trainer evaluate`: challenger and current champion, scored on the same test rows.
+"""`trainer evaluate`: challenger and the pinned champion, scored on the same test rows.
 
-Each model is scored on the columns of its own signature (:mod:`trainer.predict`), so a champion trained
-on an older feature set still competes when its columns are present. When they are not, or the model
-cannot be loaded, or it predicts another task (or other classes), the champion is recorded as not
-comparable, with the reason, and the step succeeds: the promotion decision downstream sees that and decides.
+The champion is the version the ``build-champion-features`` step pinned (``--champion-features``), scored on
+the features rebuilt for it with its own training snapshot's spec and vocabulary on the same test entities
+(:mod:`features.engineering.comparison`), so a new category value or an extra column never makes it "not
+comparable". Only when that is truly impossible (its snapshot is gone, another task, a source column this
+extract lacks, the version cannot be loaded) is it recorded as not comparable, with the reason; the step
+succeeds and the promotion decision refuses promotion unless a Param allows it. Without
+``--champion-features`` (older DAGs) the champion is ``@champion`` scored on the challenger's test split.
+
+A metric that cannot be computed (NaN: the test rows hold one class only) is recorded as None with the
+reason; the challenger is then not comparable and the decision rejects it.
 
 The metrics are the snapshot's task's (:func:`trainer.metrics.task_metrics`). The naive baseline (the train
 split's class prior or mean, predicted for every test row) is scored on the same rows: a lower-is-better
@@ -20,7 +26,7 @@ import numpy as np
 import polars as pl
 from mlcontract import registry, storage
 from mlcontract.errors import StepInputError
-from mlcontract.manifests import EvaluateManifest, ModelEvaluation
+from mlcontract.manifests import ChampionFeaturesManifest, EvaluateManifest, ModelEvaluation
 from mlcontract.names import CHAMPION, LABEL, MULTICLASS
 from mlcontract.rules import task_metric
 from mlflow import MlflowClient
@@ -36,7 +42,9 @@ log = logging.getLogger(__name__)
 COMPARISON_ARTIFACT = "evaluation/comparison.json"
 
 
-def run_evaluate(features_dir: str, model_name: str, challenger_version: str, out: str) -> EvaluateManifest:
+def run_evaluate(
+    features_dir: str, model_name: str, challenger_version: str, out: str, champion_features: str | None = None
+) -> EvaluateManifest:
     snapshot = load_snapshot(features_dir, splits=("test",))
     test = snapshot["test"]
     task = snapshot.task
@@ -57,28 +65,16 @@ def run_evaluate(features_dir: str, model_name: str, challenger_version: str, ou
         _score_columns("challenger", snapshot, challenger_output)
     )
     challenger_entry = _scored(task, challenger, test.label, challenger_output)
-    log.info("challenger v%s test-%s=%.4f", challenger.version, judged, challenger_entry.metrics[judged])
+    _log_metric("challenger", challenger_entry, judged)
 
-    champion_entry = None
-    champion = registry.version_by_alias(client, model_name, CHAMPION)
-    if champion is None:
-        log.info("no @%s for %s yet: nothing to compare against", CHAMPION, model_name)
+    if champion_features:
+        champion_entry, champion_output = _pinned_champion(client, model_name, snapshot, champion_features)
     else:
-        try:
-            mismatch = _task_mismatch(snapshot, champion)
-            if mismatch:
-                raise predict.IncompatibleFeatures(mismatch)
-            champion_output = predict.predict(registry.model_uri(model_name, champion.version), test.frame)
-        except (predict.IncompatibleFeatures, MlflowException, OSError, ValueError) as error:
-            reason = f"{type(error).__name__}: {error}"
-            log.warning("champion v%s is not comparable on this snapshot: %s", champion.version, reason)
-            champion_entry = ModelEvaluation(
-                version=str(champion.version), run_id=champion.run_id, comparable=False, reason=reason
-            )
-        else:
-            scores = scores.with_columns(_score_columns("champion", snapshot, champion_output))
-            champion_entry = _scored(task, champion, test.label, champion_output)
-            log.info("champion v%s test-%s=%.4f", champion.version, judged, champion_entry.metrics[judged])
+        champion_entry, champion_output = _current_champion(client, model_name, snapshot)
+    if champion_output is not None:
+        scores = scores.with_columns(_score_columns("champion", snapshot, champion_output))
+    if champion_entry is not None:
+        _log_metric("champion", champion_entry, judged)
 
     baseline = task_metrics(
         task, test.label, baseline_output(task, snapshot.train_labels(), len(test), snapshot.num_class)
@@ -104,6 +100,75 @@ def run_evaluate(features_dir: str, model_name: str, challenger_version: str, ou
     return manifest
 
 
+def _log_metric(role: str, entry: ModelEvaluation, judged: str) -> None:
+    value = (entry.metrics or {}).get(judged)
+    if value is None:
+        log.warning("%s v%s: test-%s not available (%s)", role, entry.version, judged, entry.reason)
+    else:
+        log.info("%s v%s test-%s=%.4f", role, entry.version, judged, value)
+
+
+def _not_comparable(version, reason: str, features: str | None = None) -> ModelEvaluation:
+    log.warning("champion v%s is not comparable on this test set: %s", version.version, reason)
+    return ModelEvaluation(version=str(version.version), run_id=version.run_id, comparable=False, reason=reason,
+                           features=features)
+
+
+def _pinned_champion(
+    client: MlflowClient, model_name: str, snapshot: Snapshot, champion_features: str
+) -> tuple[ModelEvaluation | None, np.ndarray | None]:
+    """The pinned champion on its own features for the test rows; (None, None) when there is no champion."""
+    pinned = ChampionFeaturesManifest.read(champion_features)
+    if pinned.champion_version is None:
+        log.info("no @%s for %s when this run started: nothing to compare against", CHAMPION, model_name)
+        return None, None
+    if pinned.snapshot_hash != snapshot.snapshot_hash:
+        raise StepInputError(
+            f"the champion features were built for snapshot {pinned.snapshot_hash}, not {snapshot.snapshot_hash}"
+        )
+    try:
+        champion = client.get_model_version(model_name, pinned.champion_version)
+    except MlflowException as error:
+        return ModelEvaluation(version=pinned.champion_version, comparable=False,
+                               reason=f"champion v{pinned.champion_version} cannot be read from the registry "
+                               f"({error.error_code})"), None
+    how = "same snapshot" if pinned.same_snapshot else "own snapshot"
+    mismatch = _task_mismatch(snapshot, champion)
+    if mismatch:
+        return _not_comparable(champion, mismatch, how), None
+    if not pinned.comparable:
+        return _not_comparable(champion, pinned.reason or "its features could not be built", how), None
+    test = snapshot["test"]
+    keys = test.frame.select(pl.col(KEY_COLUMNS[0]).cast(pl.String), pl.col(KEY_COLUMNS[1]).cast(pl.Datetime("us")))
+    own = storage.read_parquet(pinned.output("features")).with_columns(
+        pl.col(KEY_COLUMNS[0]).cast(pl.String), pl.col(KEY_COLUMNS[1]).cast(pl.Datetime("us"))
+    )
+    frame = keys.join(own.unique(KEY_COLUMNS, keep="first"), on=list(KEY_COLUMNS), how="left", maintain_order="left")
+    try:
+        output = predict.predict(registry.model_uri(model_name, champion.version), frame)
+    except (predict.IncompatibleFeatures, MlflowException, OSError, ValueError) as error:
+        return _not_comparable(champion, f"{type(error).__name__}: {error}", how), None
+    return _scored(snapshot.task, champion, test.label, output, features=how), output
+
+
+def _current_champion(
+    client: MlflowClient, model_name: str, snapshot: Snapshot
+) -> tuple[ModelEvaluation | None, np.ndarray | None]:
+    """``@champion`` scored on the challenger's test split (its signature's columns): older DAGs."""
+    champion = registry.version_by_alias(client, model_name, CHAMPION)
+    if champion is None:
+        log.info("no @%s for %s yet: nothing to compare against", CHAMPION, model_name)
+        return None, None
+    try:
+        mismatch = _task_mismatch(snapshot, champion)
+        if mismatch:
+            raise predict.IncompatibleFeatures(mismatch)
+        output = predict.predict(registry.model_uri(model_name, champion.version), snapshot["test"].frame)
+    except (predict.IncompatibleFeatures, MlflowException, OSError, ValueError) as error:
+        return _not_comparable(champion, f"{type(error).__name__}: {error}", "test split"), None
+    return _scored(snapshot.task, champion, snapshot["test"].label, output, features="test split"), output
+
+
 def _task_mismatch(snapshot: Snapshot, version) -> str | None:
     """Why a registered version cannot be judged on this snapshot's task, or None when it can."""
     recorded = tracking.model_task(version)
@@ -123,11 +188,22 @@ def _score_columns(role: str, snapshot: Snapshot, output: np.ndarray) -> list[pl
     return columns
 
 
-def _scored(task: str, version, labels: np.ndarray, output: np.ndarray) -> ModelEvaluation:
-    """A registered version's metrics on the test rows."""
+def _scored(
+    task: str, version, labels: np.ndarray, output: np.ndarray, features: str | None = None
+) -> ModelEvaluation:
+    """A registered version's metrics on the test rows; not comparable when its task's metric is NaN."""
+    metrics = task_metrics(task, labels, output)
+    judged = task_metric(task).name
+    value = metrics.get(judged)
+    if value is None or not math.isfinite(value):
+        classes = np.unique(labels[~np.isnan(labels)]) if labels.size else np.array([])
+        why = (f"the {len(labels)} test rows hold one class only ({classes.tolist()})" if len(classes) < 2
+               else "it is not a finite number")
+        return ModelEvaluation(version=str(version.version), run_id=version.run_id, comparable=False,
+                               metrics=metrics, features=features,
+                               reason=f"test {judged} cannot be computed: {why}")
     return ModelEvaluation(
-        version=str(version.version), run_id=version.run_id, comparable=True,
-        metrics=task_metrics(task, labels, output),
+        version=str(version.version), run_id=version.run_id, comparable=True, metrics=metrics, features=features,
     )
 
 
@@ -145,7 +221,7 @@ def _log_comparison(client: MlflowClient, run_id: str | None, manifest: Evaluate
     }
     for role, values in roles.items():
         for key, value in (values or {}).items():
-            if key != "threshold" and math.isfinite(value):
+            if key != "threshold" and value is not None and math.isfinite(value):
                 metrics.append(Metric(f"eval_{role}_{key}", float(value), now_ms, 0))
     champion = manifest.champion
     tags = [

@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = DEFAULT_MODEL_NAME
 RUN_KEY_TAG = "pipeline_run_key"
+FIT_KEY_TAG = "fit_key"  # snapshot, params, seed, device and code of a final fit: identical fits share it
 TASK_TAG, CLASSES_TAG = "task", "classes"  # on the run and the model version: what the model predicts
 MAX_TAG_LENGTH = 5000  # below MLflow's limit on tag values
 
@@ -139,3 +144,42 @@ def find_version_by_run_key(client: MlflowClient, model_name: str, run_key: str)
     # Re-check in Python: the filter grammar differs a little between registry backends.
     matches = [v for v in found if v.name == model_name and v.tags.get(RUN_KEY_TAG) == run_key]
     return min(matches, key=lambda v: int(v.version)) if matches else None
+
+
+def find_version_by_fit_key(client: MlflowClient, model_name: str, fit_key: str) -> ModelVersion | None:
+    """A version of ``model_name`` fitted identically (same snapshot, params, seed, device, code), if any."""
+    quoted_name = model_name.replace("'", "\\'")
+    found = client.search_model_versions(f"name = '{quoted_name}' and tags.{FIT_KEY_TAG} = '{fit_key}'")
+    matches = [v for v in found if v.name == model_name and (v.tags or {}).get(FIT_KEY_TAG) == fit_key]
+    return min(matches, key=lambda v: int(v.version)) if matches else None
+
+
+class StepTerminated(SystemExit):
+    """SIGTERM reached the step (pod deleted, task killed or timed out): unwinds it, exit code 128 + 15."""
+
+
+@contextmanager
+def runs_fail_when_terminated() -> Iterator[None]:
+    """While inside, SIGTERM ends the step's MLflow run as FAILED instead of leaving it RUNNING forever.
+
+    Kubernetes deletes a killed task's pod with SIGTERM (Airflow's ``on_kill``; the local runtime terminates
+    the process): the handler raises :class:`StepTerminated`, which unwinds ``with mlflow.start_run()`` (MLflow
+    ends a run left by an exception as FAILED); a run still active after that is ended FAILED here.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise StepTerminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except StepTerminated:
+        log.error("terminated (SIGTERM): the MLflow run is ended as FAILED")
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status="FAILED")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)

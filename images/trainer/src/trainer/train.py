@@ -3,11 +3,21 @@
 Idempotent per pipeline run: the version is tagged ``pipeline_run_key = {dag_id}/{run_id}``; when the
 task is retried and a version with that key exists, nothing is refitted or registered again: the alias
 is re-set and the manifest stored with that version's run is written again.
+
+Idempotent per fit too: the version is tagged ``fit_key``, a hash of the snapshot, the parameters, the seed,
+the device and the code version. A whole run re-triggered on the same data finds the version an identical
+fit registered and reuses it (``TrainManifest.reused_from`` names the run that registered it) instead of
+registering an identical second one.
+
+A judged test metric that cannot be computed (one class in the test rows) leaves ``challenger`` where it
+was; the version is still registered, so evaluate and the decision record the rejection against it. A
+SIGTERM while the step runs ends its MLflow run as FAILED (:func:`trainer.tracking.runs_fail_when_terminated`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from importlib import metadata
@@ -18,7 +28,7 @@ import mlflow
 import numpy as np
 from mlcontract import registry, storage
 from mlcontract.env import StepEnvironment
-from mlcontract.manifests import GateManifest, TrainManifest
+from mlcontract.manifests import BuildManifest, GateManifest, TrainManifest
 from mlcontract.names import BINARY, CHALLENGER, MULTICLASS, REGRESSION
 from mlcontract.rules import task_metric
 from mlflow import MlflowClient
@@ -48,6 +58,20 @@ def run_train(
     env: StepEnvironment | None = None,
 ) -> TrainManifest:
     env = env or StepEnvironment()
+    with tracking.runs_fail_when_terminated():
+        return _train(features_dir, params, seed, model_name, out, validations, device, log_every, env)
+
+
+def fit_key(snapshot_hash: str, params: dict[str, Any], seed: int, device: str, code_version: str) -> str:
+    """What makes two final fits identical: the same snapshot, parameters, seed, device and code."""
+    return storage.hash_json({"snapshot": snapshot_hash, "params": params, "seed": seed, "device": device,
+                              "code": code_version})
+
+
+def _train(
+    features_dir: str, params: dict[str, Any], seed: int, model_name: str, out: str,
+    validations: list[str] | tuple[str, ...], device: str, log_every: int, env: StepEnvironment,
+) -> TrainManifest:
     tracking.use_experiment()
     client = MlflowClient()
 
@@ -58,6 +82,11 @@ def run_train(
         existing = tracking.find_version_by_run_key(client, model_name, run_key)
         if existing is not None:
             return _reuse(client, existing, out)
+    lineage = tracking.lineage_tags(env)
+    identity = fit_key(BuildManifest.read(features_dir).snapshot_hash, params, seed, device, lineage["code_version"])
+    identical = tracking.find_version_by_fit_key(client, model_name, identity)
+    if identical is not None:
+        return _reuse(client, identical, out, identical_fit=True)
 
     started = time.perf_counter()
     snapshot = load_snapshot(features_dir)
@@ -89,9 +118,13 @@ def run_train(
         storage.write_bytes(storage.join_uri(plots_uri, name), png)
 
     tags = {
-        **tracking.lineage_tags(env), **tracking.data_lineage_tags(snapshot.build), "seed": str(seed),
-        **recorded_task.tags(),
+        **lineage, **tracking.data_lineage_tags(snapshot.build), "seed": str(seed), **recorded_task.tags(),
+        tracking.FIT_KEY_TAG: identity,
     }
+    computable = math.isfinite(metrics[f"test_{judged}"])
+    if not computable:
+        log.warning("test-%s cannot be computed (one class in the test rows?): the version is registered for the "
+                    "record, @%s is left where it was", judged, CHALLENGER)
     logged_params = {
         **result.params,
         "seed": seed,
@@ -148,28 +181,38 @@ def run_train(
             plots_uri=plots_uri,
             fit_seconds=round(result.seconds, 3),
             seconds=round(time.perf_counter() - started, 3),
+            fit_key=identity,
+            challenger_alias_set=computable,
         )
         mlflow.log_dict(manifest.model_dump(mode="json"), MANIFEST_ARTIFACT)
         version = mlflow.register_model(info.model_uri, model_name, tags=tags)
-        client.set_registered_model_alias(model_name, CHALLENGER, str(version.version))
-        log.info("registered %s version %s as @%s", model_name, version.version, CHALLENGER)
+        if computable:
+            client.set_registered_model_alias(model_name, CHALLENGER, str(version.version))
+        log.info("registered %s version %s%s", model_name, version.version,
+                 f" as @{CHALLENGER}" if computable else f" (not @{CHALLENGER}: its test-{judged} is not computable)")
     manifest = _with_version(manifest, model_name, version.version)
     manifest.write(out)
     return manifest
 
 
-def _reuse(client: MlflowClient, version, out: str) -> TrainManifest:
-    """A rerun of a task that already registered its version: re-point the alias, rewrite the manifest."""
-    log.info(
-        "%s version %s already registered for %s: reusing it, not training again",
-        version.name,
-        version.version,
-        version.tags.get(tracking.RUN_KEY_TAG),
-    )
-    client.set_registered_model_alias(version.name, CHALLENGER, str(version.version))
+def _reuse(client: MlflowClient, version, out: str, identical_fit: bool = False) -> TrainManifest:
+    """A version already registered by this run (a task retry) or by an identical fit (a re-trigger of the same
+    data): re-point the alias, rewrite the manifest stored with its run; nothing is fitted or registered."""
+    registered_by = version.tags.get(tracking.RUN_KEY_TAG)
+    if identical_fit:
+        log.info("%s version %s, registered by %s, is an identical fit (same snapshot, parameters, seed, device "
+                 "and code): reusing it instead of registering an identical version", version.name,
+                 version.version, registered_by)
+    else:
+        log.info("%s version %s already registered for %s: reusing it, not training again", version.name,
+                 version.version, registered_by)
     stored_uri = f"runs:/{version.run_id}/{MANIFEST_ARTIFACT}"
     stored = TrainManifest.parse(mlflow.artifacts.load_dict(stored_uri), stored_uri)
+    if stored.challenger_alias_set:
+        client.set_registered_model_alias(version.name, CHALLENGER, str(version.version))
     manifest = _with_version(stored, version.name, version.version)
+    if identical_fit:
+        manifest = manifest.model_copy(update={"reused_from": registered_by or f"v{version.version}"})
     manifest.write(out)
     return manifest
 
