@@ -39,7 +39,7 @@ SERVE_PORT ?= 5001
 # module per worker (its tests share a platform). PYTEST_PARALLEL= runs them in one process.
 PYTEST_PARALLEL ?= -n auto --dist loadfile
 
-.PHONY: help venv seed airflow-db pools run summary test test-fast test-scheduler test-ui ui serve request bench render images kind-test clean
+.PHONY: help venv seed airflow-db pools run summary test test-fast test-scheduler test-ui ui serve request bench chart-deps render images kind-test clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -115,7 +115,12 @@ clean: ## Remove everything the embedded default wrote (.local/ and build/)
 RENDER_ENV := PIPELINE_RUNTIME=kubernetes ARTIFACT_ROOT=s3://mlplatform/artifacts \
 	MLFLOW_TRACKING_URI=http://mlplatform-mlflow:5000 OBJECT_STORE_SECRET_NAME=mlplatform-object-store
 
-render: airflow-db ## Write every pod the DAGs launch and the rendered chart as YAML under build/render/
+# The official Airflow chart the umbrella chart pins, put under helm/mlplatform/charts/ as `helm dependency
+# build` would: from AIRFLOW_CHART_TGZ, else ../shared/charts/ beside the repository (no chart repository needed).
+chart-deps: venv ## Put the pinned official Airflow chart under helm/mlplatform/charts/ (AIRFLOW_CHART_TGZ or ../shared/charts/)
+	$(BIN)/python helm/render_chart.py --deps
+
+render: airflow-db chart-deps ## Write every pod the DAGs launch and the rendered chart as YAML under build/render/
 	rm -rf build/render
 	env $(RENDER_ENV) $(BIN)/python -m devtools.render_cli --out build/render/pods
 	$(BIN)/python helm/render_chart.py --out build/render

@@ -3,15 +3,20 @@
     python helm/render_chart.py                 # -> build/render/chart-default.yaml, chart-kind.yaml
     python helm/render_chart.py --out DIR
 
+    python helm/render_chart.py --deps          # only put the official chart under charts/
+
 The official Airflow chart is a dependency that `helm dependency build helm/mlplatform` downloads
-into helm/mlplatform/charts/. Without it (no network here, nothing vendored) the chart is rendered
-with `airflow.enabled=false`: our own templates only. With it, the full release is rendered.
-The tests (tests/k8s/conftest.py) use the same functions.
+into helm/mlplatform/charts/. Where the chart repository cannot be reached, `--deps` (`make
+chart-deps`) copies the same archive from $AIRFLOW_CHART_TGZ or ../shared/charts/ beside the
+repository: exactly what `helm dependency build` would have written. The tests
+(tests/k8s/conftest.py) use the same functions and insist on the subchart.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +29,52 @@ RELEASE_NAME = "mlplatform"
 NAMESPACE = "mlplatform"
 
 
+REPO_ROOT = CHART_DIR.parents[1]
+# Where an archive of the pinned official chart may lie when the chart repository is out of reach.
+AIRFLOW_CHART_ENV = "AIRFLOW_CHART_TGZ"
+
+
+class SubchartMissingError(RuntimeError):
+    """The pinned official Airflow chart is neither under charts/ nor where it can be copied from."""
+
+
 def subchart_present(chart_dir: Path = CHART_DIR) -> bool:
     """True when `helm dependency build` has put the official Airflow chart under charts/."""
     return all(dep["status"] == "ok" for dep in helm.dependency_list(chart_dir))
+
+
+def airflow_dependency(chart_dir: Path = CHART_DIR) -> dict[str, Any]:
+    """The `airflow` entry of Chart.yaml's dependencies (name, version, repository)."""
+    meta = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
+    return next(dep for dep in meta["dependencies"] if dep["name"] == "airflow")
+
+
+def install_subchart(chart_dir: Path = CHART_DIR) -> Path:
+    """Put the pinned official chart under charts/ as `helm dependency build` would: the archive
+    airflow-<version>.tgz from $AIRFLOW_CHART_TGZ, else ../shared/charts/ beside the repository.
+    Returns the archive under charts/; raises SubchartMissingError naming where it looked."""
+    version = airflow_dependency(chart_dir)["version"]
+    archive = f"airflow-{version}.tgz"
+    target = chart_dir / "charts" / archive
+    if subchart_present(chart_dir):
+        return next((chart_dir / "charts").glob("airflow-*.tgz"), target)
+    candidates = [Path(os.environ[AIRFLOW_CHART_ENV])] if os.environ.get(AIRFLOW_CHART_ENV) else []
+    candidates.append(REPO_ROOT.parent / "shared" / "charts" / archive)
+    source = next((c for c in candidates if c.is_file()), None)
+    if source is None:
+        raise SubchartMissingError(
+            f"the official Airflow chart {version} is not in {chart_dir / 'charts'} and no {archive} at "
+            f"{' or '.join(str(c) for c in candidates)}: run `helm dependency build {chart_dir}` "
+            f"(needs https://airflow.apache.org) or set {AIRFLOW_CHART_ENV} to the archive"
+        )
+    target.parent.mkdir(exist_ok=True)
+    for stale in target.parent.glob("airflow-*.tgz"):
+        stale.unlink()  # another version would make the dependency "wrong version"
+    shutil.copyfile(source, target)
+    if not subchart_present(chart_dir):
+        target.unlink()
+        raise SubchartMissingError(f"{source} is not the official Airflow chart {version}")
+    return target
 
 
 def load_values(*files: Path) -> dict[str, Any]:
@@ -81,7 +129,7 @@ def render_objects(values: dict[str, Any] | None = None, **kwargs: Any) -> list[
     return [
         (path, doc)
         for path, text in render_manifests(values, **kwargs).items()
-        for doc in yaml.safe_load_all(text)
+        for doc in yaml.load_all(text, Loader=yaml.CSafeLoader)
         if doc
     ]
 
@@ -99,14 +147,18 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("build/render"), help="output directory")
+    parser.add_argument("--deps", action="store_true", help="only put the official chart under charts/")
     args = parser.parse_args()
+    try:
+        archive = install_subchart()
+    except SubchartMissingError as err:
+        raise SystemExit(f"render_chart: {err}") from None
+    if args.deps:
+        print(f"official Airflow chart: {archive}")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
-    with_airflow = subchart_present()
-    note = (
-        "Airflow subchart: rendered (helm/mlplatform/charts/ present)"
-        if with_airflow
-        else "Airflow subchart: NOT rendered (airflow.enabled=false; run `helm dependency build helm/mlplatform`)"
-    )
+    with_airflow = True
+    note = f"Airflow subchart: {archive.name}"
     for name, values in (("chart-default.yaml", {}), ("chart-kind.yaml", load_values(KIND_VALUES))):
         header = f"helm template {RELEASE_NAME} helm/mlplatform -n {NAMESPACE}"
         header += " -f helm/mlplatform/values-kind.yaml" if "kind" in name else ""

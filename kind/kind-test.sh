@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # End-to-end test on a local kind cluster (`make kind-test`):
-#   cluster (kind/kind-config.yaml) -> images built and loaded -> chart installed with
-#   helm/mlplatform/values-kind.yaml -> warehouse seeded -> `ml_model_training` unpaused and
-#   triggered through the Airflow REST API -> run polled to the end -> MLflow must have a
-#   `champion` alias for the registered model.
+#   cluster (kind/kind-config.yaml) -> images built by `make images` (the container tier's
+#   build: same Dockerfiles, bases and tags, mlplatform/<name>:<project version>) and loaded ->
+#   chart installed with helm/mlplatform/values-kind.yaml -> warehouse seeded ->
+#   `ml_model_training` unpaused and triggered through the Airflow REST API -> run polled to the
+#   end -> MLflow must have a `champion` alias for the registered model.
 #
-# Needs: docker, kind, kubectl, helm (3.19+), curl, python3; network for images and the chart.
+# Needs: docker, kind, kubectl, helm (3.19+), curl, python3, make. The official Airflow chart
+# comes from `make chart-deps` (an archive beside the repository) or `helm dependency build`.
 # Environment:
 #   KEEP_CLUSTER=1        keep the cluster afterwards (default: delete it, even on failure)
 #   CLUSTER_NAME          kind cluster name (default mlplatform)
 #   KIND_NODE_IMAGE       node image, e.g. kindest/node:v1.35.0 (default: the kind release's own)
-#   AIRFLOW_USER / AIRFLOW_PASSWORD   API credentials (default admin/admin, the chart's default user)
+#   SKIP_BUILD=1          load the images `make images` built before instead of building them
+#   AIRFLOW_USER / AIRFLOW_PASSWORD   API credentials (default: admin and the generated password
+#                         in the Secret mlplatform-airflow-admin)
 #   SEED_ARGS             extra arguments of `python -m features seed`
 #   RUN_TIMEOUT_S         how long to wait for the DAG run (default 3600)
 set -euo pipefail
@@ -23,9 +27,12 @@ CHART="${REPO_ROOT}/helm/mlplatform"
 KIND_VALUES="${CHART}/values-kind.yaml"
 DAG_ID="ml_model_training"
 MODEL_NAME="customer-churn"   # pipeline.registeredModelName (values.yaml)
-IMAGE_TAG="kind"              # images.*.tag in values-kind.yaml
+# The project version: `make images` tags with it and the chart's appVersion (empty image tags in
+# values-kind.yaml) is it.
+IMAGE_TAG="$(sed -n 's/^version = "\(.*\)"/\1/p' "${REPO_ROOT}/pyproject.toml" | head -1)"
+IMAGE_NAMES=(features trainer mlflow airflow)
 AIRFLOW_USER="${AIRFLOW_USER:-admin}"
-AIRFLOW_PASSWORD="${AIRFLOW_PASSWORD:-admin}"
+AIRFLOW_PASSWORD="${AIRFLOW_PASSWORD:-}"
 RUN_TIMEOUT_S="${RUN_TIMEOUT_S:-3600}"
 AIRFLOW_PORT=18080
 MLFLOW_PORT=15000
@@ -37,7 +44,7 @@ die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 check_prerequisites() {
   local missing=()
-  for tool in docker kind kubectl helm curl python3; do
+  for tool in docker kind kubectl helm curl python3 make; do
     command -v "${tool}" >/dev/null 2>&1 || missing+=("${tool}")
   done
   if ((${#missing[@]})); then
@@ -98,22 +105,16 @@ create_cluster() {
   rm -f "${config}"
 }
 
-AIRFLOW_IMAGE_ARGS=()
-
 build_and_load_images() {
-  local images=(features trainer mlflow)
-  # The Airflow side imports the DAG support package's dependencies (mlflow client, the
-  # `features` package for manifests): when the repository has an Airflow image, use it.
-  if [[ -f "${REPO_ROOT}/images/airflow/Dockerfile" ]]; then
-    images+=(airflow)
-    AIRFLOW_IMAGE_ARGS=(--set "airflow.images.airflow.repository=mlplatform/airflow"
-      --set "airflow.images.airflow.tag=${IMAGE_TAG}" --set "airflow.images.airflow.pullPolicy=Never")
-  else
-    echo "note: no images/airflow/Dockerfile; Airflow runs the official image" >&2
+  # The same build as the container tier (`make test-containers`): `make images`, on the local bases of
+  # `make base-images` when they exist (machines that reach no image registry), the public ones otherwise.
+  if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
+    log "Building the images (make images IMAGE_TAG=${IMAGE_TAG})"
+    make -C "${REPO_ROOT}" --no-print-directory images IMAGE_TAG="${IMAGE_TAG}"
   fi
-  for image in "${images[@]}"; do
-    log "Building mlplatform/${image}:${IMAGE_TAG}"
-    docker build -f "${REPO_ROOT}/images/${image}/Dockerfile" -t "mlplatform/${image}:${IMAGE_TAG}" "${REPO_ROOT}"
+  for image in "${IMAGE_NAMES[@]}"; do
+    docker image inspect "mlplatform/${image}:${IMAGE_TAG}" >/dev/null 2>&1 \
+      || die "no image mlplatform/${image}:${IMAGE_TAG}: run 'make images' first"
     kind load docker-image "mlplatform/${image}:${IMAGE_TAG}" --name "${CLUSTER_NAME}"
   done
 }
@@ -128,11 +129,14 @@ install_chart() {
     pod-security.kubernetes.io/warn=restricted \
     pod-security.kubernetes.io/audit=restricted
   kubectl --context "kind-${CLUSTER_NAME}" apply -f "${REPO_ROOT}/kind/dags-volume.yaml"
-  helm repo add apache-airflow https://airflow.apache.org --force-update >/dev/null
-  helm dependency build "${CHART}"
+  # The pinned official chart: the archive beside the repository, else its repository.
+  if ! make -C "${REPO_ROOT}" --no-print-directory chart-deps; then
+    helm repo add apache-airflow https://airflow.apache.org --force-update >/dev/null
+    helm dependency build "${CHART}"
+  fi
   helm upgrade --install "${RELEASE}" "${CHART}" \
     --kube-context "kind-${CLUSTER_NAME}" --namespace "${NAMESPACE}" \
-    -f "${KIND_VALUES}" ${AIRFLOW_IMAGE_ARGS[@]+"${AIRFLOW_IMAGE_ARGS[@]}"} --wait --timeout 20m
+    -f "${KIND_VALUES}" --wait --timeout 20m
 }
 
 seed_warehouse() {
@@ -194,6 +198,10 @@ airflow_api() {  # airflow_api METHOD PATH [JSON]
 run_training_dag() {
   log "Triggering ${DAG_ID} through the Airflow REST API"
   port_forward "${RELEASE}-api-server" "${AIRFLOW_PORT}" 8080 "http://127.0.0.1:${AIRFLOW_PORT}/api/v2/monitor/health"
+  if [[ -z "${AIRFLOW_PASSWORD}" ]]; then
+    # generated once by the chart (airflowSecrets), as in production
+    AIRFLOW_PASSWORD="$("${KUBECTL[@]}" get secret "${RELEASE}-airflow-admin" -o jsonpath='{.data.password}' | base64 -d)"
+  fi
   TOKEN="$(curl -fsS -X POST "http://127.0.0.1:${AIRFLOW_PORT}/auth/token" \
     -H "Content-Type: application/json" \
     -d "{\"username\": \"${AIRFLOW_USER}\", \"password\": \"${AIRFLOW_PASSWORD}\"}" | json_field access_token)"
@@ -249,7 +257,7 @@ main() {
   log "kind test passed"
   cat <<EOF
 Where to look (with KEEP_CLUSTER=1):
-  Airflow UI:  kubectl --context kind-${CLUSTER_NAME} -n ${NAMESPACE} port-forward svc/${RELEASE}-api-server 8080:8080   (${AIRFLOW_USER}/${AIRFLOW_PASSWORD})
+  Airflow UI:  kubectl --context kind-${CLUSTER_NAME} -n ${NAMESPACE} port-forward svc/${RELEASE}-api-server 8080:8080   (${AIRFLOW_USER}; password in secret/${RELEASE}-airflow-admin)
   MLflow UI:   kubectl --context kind-${CLUSTER_NAME} -n ${NAMESPACE} port-forward svc/${RELEASE}-mlflow 5000:5000
   MinIO:       kubectl --context kind-${CLUSTER_NAME} -n ${NAMESPACE} port-forward svc/${RELEASE}-minio 9001:9001
   Step pods:   kubectl --context kind-${CLUSTER_NAME} -n ${NAMESPACE} get pods -l dag_id=${DAG_ID}

@@ -1,15 +1,16 @@
 """Render the mlplatform chart with Helm's real engine (helm-python-sdk; no helm binary, no cluster).
 
-The rendering itself lives in helm/render_chart.py (also behind `make render`). Without the
-official Airflow chart under helm/mlplatform/charts/ (it needs `helm dependency build`, i.e. the
-network) the chart renders with `airflow.enabled=false`: our templates only. Tests that need the
-Airflow-dependent templates (the pools hook) render with `with_airflow=True`, which works without
-the subchart because offline rendering does not resolve dependencies.
+The rendering itself lives in helm/render_chart.py (also behind `make render`). The release is
+rendered with the official Airflow chart it pins (helm/mlplatform/charts/airflow-<version>.tgz):
+the `subchart` fixture puts it there as `helm dependency build` would, from $AIRFLOW_CHART_TGZ or
+../shared/charts/ beside the repository (`make chart-deps` does the same), and fails every chart
+test when it cannot: a render without the subchart would test another release than users install.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,13 +37,22 @@ Objects = list[tuple[str, dict[str, Any]]]
 
 
 @pytest.fixture(scope="session")
-def chart() -> ModuleType:
+def subchart() -> Path:
+    """The pinned official Airflow chart under helm/mlplatform/charts/ (copied there if needed)."""
+    try:
+        return render_chart.install_subchart()
+    except render_chart.SubchartMissingError as err:
+        pytest.fail(f"chart tests need the official Airflow chart: {err}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def chart(subchart: Path) -> ModuleType:
     """helm/render_chart.py: CHART_DIR, KIND_VALUES, render_manifests, render_objects, load_values."""
     return render_chart
 
 
 @pytest.fixture(scope="session")
-def kind_values_file() -> dict[str, Any]:
+def kind_values_file(subchart: Path) -> dict[str, Any]:
     """values-kind.yaml as written (what `helm -f` passes; its nulls delete default keys)."""
     return render_chart.load_values(render_chart.KIND_VALUES)
 
@@ -55,22 +65,36 @@ def kind_values(kind_values_file: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def default_objects() -> Objects:
-    return render_chart.render_objects({})
+def default_objects(subchart: Path) -> Objects:
+    """The production defaults (values.yaml), the official chart included."""
+    return _render_once({})
 
 
 @pytest.fixture(scope="session")
 def kind_objects(kind_values_file: dict[str, Any]) -> Objects:
-    return render_chart.render_objects(kind_values_file)
+    """values-kind.yaml, the official chart included (what kind/kind-test.sh installs)."""
+    return _render_once(kind_values_file)
 
 
 @pytest.fixture(scope="session")
-def kind_objects_with_airflow(kind_values_file: dict[str, Any]) -> Objects:
-    """Kind values with airflow.enabled=true: adds our Airflow-dependent templates."""
-    return render_chart.render_objects(kind_values_file, with_airflow=True)
+def kind_objects_without_airflow(kind_values_file: dict[str, Any]) -> Objects:
+    """values-kind.yaml with airflow.enabled=false: our templates alone."""
+    return _render_once(kind_values_file, with_airflow=False)
 
 
-@pytest.fixture()
-def render() -> Callable[..., Objects]:
-    """render(values, with_airflow=None) -> [(template, object)]; raises helm errors."""
-    return render_chart.render_objects
+_renders: dict[str, Objects] = {}
+
+
+def _render_once(values: dict[str, Any] | None = None, *, with_airflow: bool = True) -> Objects:
+    # The official chart takes seconds to render: tests that render the same values share one
+    # render (nothing mutates the objects). Errors are not cached: each caller sees its own.
+    key = json.dumps([values or {}, with_airflow], sort_keys=True)
+    if key not in _renders:
+        _renders[key] = render_chart.render_objects(values, with_airflow=with_airflow)
+    return _renders[key]
+
+
+@pytest.fixture(scope="session")
+def render(subchart: Path) -> Callable[..., Objects]:
+    """render(values, with_airflow=True) -> [(template, object)]; raises helm errors."""
+    return _render_once

@@ -75,9 +75,9 @@ def with_serving(values: dict[str, Any], **serving: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def kind_serving_objects(chart, kind_values_file: dict[str, Any]) -> Objects:
+def kind_serving_objects(render, kind_values_file: dict[str, Any]) -> Objects:
     """Kind after the first promotion: values-kind.yaml with serving.enabled=true."""
-    return chart.render_objects(with_serving(kind_values_file))
+    return render(with_serving(kind_values_file))
 
 
 def helm_error(render, values: dict[str, Any]) -> str:
@@ -245,7 +245,9 @@ def test_kind_installs_without_serving(kind_objects, kind_values):
 def test_kind_serving_uses_the_loaded_trainer_image_and_the_in_cluster_stores(kind_serving_objects):
     deployment = serving_objects(kind_serving_objects, "Deployment")["champion"]
     container = model_server(deployment)
-    assert container["image"] == "mlplatform/trainer:kind" and container["imagePullPolicy"] == "Never"
+    settings = one(kind_serving_objects, "ConfigMap", f"{RELEASE}-pipeline-settings")["data"]
+    assert container["image"] == settings["TRAINER_IMAGE"]
+    assert container["image"].startswith("mlplatform/trainer:") and container["imagePullPolicy"] == "Never"
     assert deployment["spec"]["replicas"] == 1
     assert not find(kind_serving_objects, "HTTPRoute"), "kind has no Gateway API controller"
 

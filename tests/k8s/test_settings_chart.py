@@ -11,7 +11,6 @@ from chart_queries import find, pipeline_settings
 
 # Set for the Airflow containers, read by something other than Settings (each with its reader).
 NOT_SETTINGS = {
-    "_PIP_ADDITIONAL_REQUIREMENTS": "the official Airflow image's entrypoint (kind: extra pip packages)",
     "AWS_ACCESS_KEY_ID": "s3fs/botocore, from the object-store Secret",
     "AWS_SECRET_ACCESS_KEY": "s3fs/botocore, from the object-store Secret",
 }
@@ -45,14 +44,14 @@ def airflow_env(objects, values: dict[str, Any]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def rendered(chart, kind_values_file, kind_values):
+def rendered(chart, render, kind_values_file, kind_values):
     """(objects, coalesced values) of the default install, kind, and an install with an object-store region
     and credentials."""
     credentials = {"objectStore": {"region": "eu-west-1", "accessKeyId": "id", "secretAccessKey": "key"}}
     return {
-        "default": (chart.render_objects({}), chart.coalesce({})),
-        "kind": (chart.render_objects(kind_values_file), kind_values),
-        "region": (chart.render_objects(credentials), chart.coalesce(credentials)),
+        "default": (render({}), chart.coalesce({})),
+        "kind": (render(kind_values_file), kind_values),
+        "region": (render(credentials), chart.coalesce(credentials)),
     }
 
 
