@@ -172,11 +172,33 @@ def test_k8s_schema_validator_is_strict():
     }
     with pytest.raises(K8sSchemaError, match="imagePullPolcy"):
         validate_k8s_object(pod)
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "r"},
+        "spec": {
+            "parentRefs": [{"name": "gw"}],
+            "rules": [{"backendRefs": [{"name": "s", "port": 80, "weigth": 1}]}],
+        },
+    }
+    with pytest.raises(K8sSchemaError, match="weigth"):
+        validate_k8s_object(route)
+    with pytest.raises(K8sSchemaError, match="Gateway"):
+        validate_k8s_object(
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "g"}}
+        )
 
 
-@pytest.mark.parametrize("variant", ["default_objects", "kind_objects", "kind_objects_without_airflow"])
-def test_every_rendered_object_is_valid_kubernetes(variant, request):
-    objects: Objects = request.getfixturevalue(variant)
+@pytest.mark.parametrize(
+    "variant", ["default_objects", "kind_objects", "kind_objects_without_airflow", "everything"]
+)
+def test_every_rendered_object_is_valid_kubernetes(variant, request, render):
+    if variant == "everything":  # serving in A/B mode behind the HTTPRoute (a custom resource)
+        gateway = {"enabled": True, "parentRefs": [{"name": "web"}], "hostnames": ["churn.example.com"]}
+        objects = render({"serving": {"abTest": {"enabled": True}, "route": gateway}})
+        assert find(objects, "HTTPRoute")
+    else:
+        objects = request.getfixturevalue(variant)
     assert len(objects) >= 6
     for _, obj in objects:
         validate_k8s_object(obj)
