@@ -898,7 +898,24 @@ def test_git_sync_follows_the_ref_git_sync_v4_reads(chart, default_objects):
 # --- kind: the container tier's images ------------------------------------------------------------
 
 
-def test_kind_runs_the_images_make_images_builds(kind_objects):
+def test_kind_runs_the_images_make_images_builds(kind_objects, monkeypatch):
+    # the container tier's step images: what the Settings resolve to with no image configured
+    from mlplatform.settings import load_settings
+
+    for var in (
+        "FEATURES_IMAGE",
+        "TRAINER_IMAGE",
+        "FEATURES_IMAGE_DIGEST",
+        "TRAINER_IMAGE_DIGEST",
+        "CODE_VERSION",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    container_tier = load_settings()
+    settings = pipeline_settings(kind_objects)
+    assert (settings["FEATURES_IMAGE"], settings["TRAINER_IMAGE"]) == (
+        container_tier.features_image,
+        container_tier.trainer_image,
+    )
     makefile = (REPO_ROOT / "Makefile").read_text()
     names = re.search(r"^IMAGE_NAMES := (.+)$", makefile, flags=re.MULTILINE).group(1).split()
     built = {f"mlplatform/{name}:{PROJECT_VERSION}" for name in names}
