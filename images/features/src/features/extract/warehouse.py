@@ -74,7 +74,10 @@ def as_naive_utc(value: date | datetime | str | None) -> datetime | None:
 
 def driver_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a database driver or the Arrow stream raises (ADBC's when it is installed)."""
-    errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, OSError)
+    import pyarrow as pa
+
+    # ADBC raises its own errors, or pyarrow's from inside a record batch stream
+    errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, OSError, pa.ArrowException)
     try:
         import adbc_driver_manager
 
@@ -90,7 +93,8 @@ def driver_message(error: BaseException, secret: str | None = None) -> str:
     text = str(error).strip()
     found = re.search(r"(?:ERROR|FATAL):\s+(.*)", text)  # libpq through ADBC: "IO: [libpq] ... ERROR:  msg"
     line = (found.group(1) if found else text).splitlines()[0].strip() if text else ""
-    line = re.sub(r"^(?:[A-Z_]+: )?(?:\[\w+\] )?", "", line) or type(error).__name__
+    # ADBC's status and driver prefixes: "IO: [SQLite] Failed to step query: integer overflow"
+    line = re.sub(r"^(?:[A-Z_]+: )?(?:\[\w+\] )?(?:Failed to \w+ query: )?", "", line) or type(error).__name__
     return line.replace(secret, "***") if secret else line
 
 
