@@ -109,6 +109,7 @@ DEFAULTS_DOC = (
 PART_EVENTS = 4_000_000
 PART_ROWS = 1_000_000
 CHUNK_ROWS = 262_144  # rows per frame that FeatureParts.frames hands over (about one parquet row group)
+PART_BATCH_ROWS = 1_000_000  # events per batch of the pass that writes them by part
 _PART = "__part"
 
 _US_PER_DAY = 86_400_000_000
@@ -438,10 +439,11 @@ class FeatureParts:
     A context manager: leaving it removes the parts' working directory.
     """
 
-    def __init__(self, parts: list[pl.LazyFrame], snapshots: list[datetime], schema: pl.Schema,
+    def __init__(self, parts: list[pl.LazyFrame], runs: list[dict[Any, tuple[int, int]]], schema: pl.Schema,
                  workdir: tempfile.TemporaryDirectory | None = None):
         self.parts = parts
-        self.snapshots = snapshots
+        self.runs = runs  # per part: snapshot -> (first row, rows) of its run
+        self.snapshots = sorted({s for run in runs for s in run}, key=lambda s: (s is not None, s))
         self.schema = schema
         self._workdir = workdir
 
@@ -461,8 +463,10 @@ class FeatureParts:
                 where
             ).item():
                 continue
-            for part in self.parts:
-                rows = part.filter(pl.col(SNAPSHOT).eq_missing(snapshot))
+            for part, runs in zip(self.parts, self.runs, strict=True):
+                if snapshot not in runs:
+                    continue
+                rows = part.slice(*runs[snapshot])  # a slice reads only the row groups it overlaps
                 chunk = (rows if where is None or by_snapshot else rows.filter(where)).collect()
                 if chunk.height:
                     buffered.append(chunk)
@@ -515,42 +519,46 @@ def compute_feature_parts(
     ids = spine_rows[ENTITY].drop_nulls().unique().sort()
     part_events, part_rows = max(part_events or PART_EVENTS, 1), max(part_rows or PART_ROWS, 1)
     count = max(1, min(ids.len(), max(-(-n_events // part_events), -(-spine_rows.height // part_rows))))
-    snapshots = spine_rows[SNAPSHOT].unique().sort().to_list()  # (a null first, as compute_features sorts)
     if count == 1:
         table = compute_features(events, spine_rows.lazy(), entities, spec, categories).collect(engine="in-memory")
-        return FeatureParts([table.lazy()], snapshots, table.schema)
+        return FeatureParts([table.lazy()], [_runs(table)], table.schema)
 
     started = time.perf_counter()
-    # part of an entity id: how many of the range starts (every count-th sorted spine id) are <= it
-    starts = ids.gather([k * ids.len() // count for k in range(1, count)])
-    part_of = pl.lit(starts).search_sorted(pl.col(ENTITY).cast(pl.String), side="right").fill_null(0).alias(_PART)
+    # the part of each spine entity: its rank among the sorted ids, cut into `count` equal ranges. A join
+    # with this table streams (an expression over a literal series made polars hold the whole input).
+    ranges = pl.DataFrame({ENTITY: ids, _PART: pl.int_range(0, ids.len(), eager=True) * count // ids.len()})
     workdir = tempfile.TemporaryDirectory(prefix="feature-parts-")
     root = workdir.name
     try:
         sources: dict[str, pl.LazyFrame] = {}
         if with_events:
             # events at or after the last snapshot never count (compute_features drops them too)
-            sources["events"] = events.filter(pl.col(EVENT_TS).cast(pl.Datetime("us")) < snapshots[-1])
+            sources["events"] = events.filter(pl.col(EVENT_TS).cast(pl.Datetime("us")) < spine_rows[SNAPSHOT].max())
         if entities is not None:
             sources["entities"] = entities
         for name, frame in sources.items():
-            frame.with_columns(part_of).sink_parquet(
-                pl.PartitionBy(os.path.join(root, name), key=_PART, include_key=False), mkdir=True,
-                compression="lz4",  # working files, read once: the cheapest to write and read
-            )
+            # (events and entity rows of entities outside the spine are never used: the join drops them)
+            keyed = frame.with_columns(pl.col(ENTITY).cast(pl.String)).join(
+                ranges.lazy(), on=ENTITY, how="inner", maintain_order="left" if name == "entities" else "none"
+            )  # the entities' order is kept: an entity's attributes are its first row
+            _write_parts(keyed, os.path.join(root, name))
         log.info("split %s events and %s label rows into %d parts by entity in %.1f s", f"{n_events:,}",
                  f"{spine_rows.height:,}", count, time.perf_counter() - started)
 
         def scan(name: str, part: int) -> pl.LazyFrame | None:
             if name not in sources:
                 return None
-            directory = os.path.join(root, name, f"{_PART}={part}")
-            if not os.path.isdir(directory):  # no rows in this range
+            path = os.path.join(root, name, f"{part:05d}.parquet")
+            if not os.path.exists(path):  # no rows in this range
                 return sources[name].clear()
-            return pl.scan_parquet(os.path.join(directory, "*.parquet"))
+            return pl.scan_parquet(path)
 
-        spine_parts = spine_rows.with_columns(part_of).partition_by(_PART, as_dict=True, include_key=False)
-        files, schema = [], None
+        spine_parts = (
+            spine_rows.join(ranges, on=ENTITY, how="left", maintain_order="left")
+            .with_columns(pl.col(_PART).fill_null(0))  # (a null id: compute_features gives it the defaults)
+            .partition_by(_PART, as_dict=True, include_key=False)
+        )
+        files, runs, schema = [], [], None
         for part in range(count):
             rows = spine_parts.get((part,), spine_rows.clear())
             table = compute_features(scan("events", part), rows.lazy(), scan("entities", part), spec,
@@ -559,13 +567,45 @@ def compute_feature_parts(
             # small row groups with statistics: reading one snapshot back skips the others' row groups
             table.write_parquet(path, compression="lz4", statistics=True, row_group_size=CHUNK_ROWS // 4)
             files.append(path)
+            runs.append(_runs(table))
             schema = table.schema
             del table
         log.info("computed the features of %d parts in %.1f s", count, time.perf_counter() - started)
     except BaseException:
         workdir.cleanup()
         raise
-    return FeatureParts([pl.scan_parquet(path) for path in files], snapshots, schema, workdir)
+    return FeatureParts([pl.scan_parquet(path) for path in files], runs, schema, workdir)
+
+
+def _write_parts(frame: pl.LazyFrame, directory: str) -> None:
+    """The rows of ``frame`` into ``{directory}/{part}.parquet`` by their ``_PART`` column, batch by batch.
+
+    (One writer per part, a row group per batch and part: memory holds one batch. polars' partitioned
+    sink held about the whole input at 50 M events.)
+    """
+    import pyarrow.parquet as pq
+
+    os.makedirs(directory, exist_ok=True)
+    writers: dict[int, Any] = {}
+    try:
+        for batch in frame.collect_batches(chunk_size=PART_BATCH_ROWS):
+            for (part,), rows in batch.partition_by(_PART, as_dict=True, include_key=False).items():
+                table = rows.to_arrow()
+                if part not in writers:
+                    path = os.path.join(directory, f"{part:05d}.parquet")
+                    # working files, read once: the cheapest compression to write and read
+                    writers[part] = pq.ParquetWriter(path, table.schema, compression="lz4")
+                writers[part].write_table(table.cast(writers[part].schema))
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+
+def _runs(table: pl.DataFrame) -> dict[Any, tuple[int, int]]:
+    """snapshot -> (first row, rows) of its run in a table sorted by snapshot."""
+    lengths = table.group_by(SNAPSHOT, maintain_order=True).len()
+    starts = lengths["len"].cum_sum() - lengths["len"]
+    return {s: (int(o), int(n)) for s, o, n in zip(lengths[SNAPSHOT].to_list(), starts, lengths["len"], strict=True)}
 
 
 def range_reduce(ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

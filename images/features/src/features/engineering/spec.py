@@ -325,18 +325,25 @@ class _Stats(NamedTuple):
 
 
 def _stats_exprs(schema: pl.Schema, names: list[str]) -> list[pl.Expr]:
-    """Non-null count of every column; distinct count and 0/1-ness of the string and integer ones."""
+    """Non-null count of every column; 0/1-ness of the integer ones (distinct counts: _distinct_queries)."""
     exprs = []
     for i, name in enumerate(names):
         column, integer = pl.col(name), schema[name].is_integer()
-        distinct = column.drop_nulls().n_unique() if _is_string(schema[name]) or integer else pl.lit(0)
         zero_one = (column.min() >= 0) & (column.max() <= 1) if integer else pl.lit(False)
-        exprs += [column.count().alias(f"c{i}"), distinct.alias(f"u{i}"), zero_one.alias(f"b{i}")]
+        exprs += [column.count().alias(f"c{i}"), zero_one.alias(f"b{i}")]
     return exprs
 
 
+def _distinct_queries(frame: pl.LazyFrame, schema: pl.Schema, names: list[str]) -> dict[str, pl.LazyFrame]:
+    """The distinct non-null count of each string and integer column, a query each: as a streaming
+    ``unique`` it holds only the distinct values (``n_unique`` beside other aggregations held whole columns)."""
+    return {f"u{i}": frame.select(pl.col(name)).drop_nulls().unique().select(pl.len())
+            for i, name in enumerate(names) if _is_string(schema[name]) or schema[name].is_integer()}
+
+
 def _read_stats(row: dict[str, Any], names: list[str]) -> dict[str, _Stats]:
-    return {name: _Stats(int(row[f"c{i}"]), int(row[f"u{i}"]), bool(row[f"b{i}"])) for i, name in enumerate(names)}
+    return {name: _Stats(int(row[f"c{i}"]), int(row.get(f"u{i}", 0)), bool(row[f"b{i}"]))
+            for i, name in enumerate(names)}
 
 
 def _string_choice(count: int, distinct: int) -> str:
@@ -418,8 +425,12 @@ def infer_spec(
         if exprs:
             queries[name] = frame.select(exprs)
             plans[name] = (schema, chosen)
+            queries.update({f"{name}.{key}": query for key, query in _distinct_queries(frame, schema, chosen).items()})
     queries["snapshots"] = spine.select(pl.col(SNAPSHOT).cast(pl.Datetime("us")).unique())
     frames = dict(zip(queries, pl.collect_all(list(queries.values()), engine="streaming"), strict=True))
+    for key in [k for k in frames if "." in k]:  # the distinct counts, into their source's row of statistics
+        name, stat = key.split(".")
+        frames[name] = frames[name].with_columns(pl.lit(frames.pop(key).item()).alias(stat))
 
     snapshots = frames["snapshots"].to_series().drop_nulls().to_list()
     event_columns: dict[str, EventColumn] = {}
