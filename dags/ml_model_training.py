@@ -138,6 +138,7 @@ def ml_model_training():
             "--extract", step_dir("extract"),
             "--min-events", "{{ params.min_event_rows }}",
             *param_args("task", "split"),
+            "--feature-spec", json_arg("feature_spec"),  # the columns it treats as numbers must be numbers
         ],
         retries=0,
     )

@@ -505,3 +505,31 @@ def test_features_gate_labels_follow_the_task_in_the_users_names(tmp_path):
     with pytest.raises(GateFailed, match=r"valid: expect_column_values_to_be_between on spend: column spend \(label\) "
                                          r"must be finite: 1 unexpected value"):
         validate_features(str(bad), str(tmp_path / "e" / "gate"))
+
+
+def test_features_gate_needs_every_class_in_train_and_two_elsewhere_for_multiclass(tmp_path):
+    tiers = {"task": "multiclass", "classes": ["bronze", "gold", "silver"], "columns": {"label": "tier"}}
+    every = _valid_with(label=(pl.int_range(pl.len()) % 3).cast(pl.Int8))
+    two = _valid_with(label=(pl.int_range(pl.len()) % 2).cast(pl.Int8))
+    bad = _snapshot(tmp_path, tiers, train=two, valid=two, test=_valid_with(label=pl.lit(1, pl.Int8)))
+    with pytest.raises(GateFailed) as failed:
+        validate_features(str(bad), str(tmp_path / "gate"))
+    assert ("train: expect_column_unique_value_count_to_be_between on tier: column tier (label) has 2 of the 3 "
+            "classes in train; task=multiclass needs every class there") in str(failed.value)
+    assert "test: expect_column_unique_value_count_to_be_between on tier: column tier (label) has 1 of the 3 " \
+           "classes in test; task=multiclass needs at least two there" in str(failed.value)
+    assert "valid:" not in str(failed.value)
+    ok = _snapshot(tmp_path / "ok", tiers, train=every, valid=two, test=two)
+    assert validate_features(str(ok), str(tmp_path / "ok" / "gate")).success is True
+
+
+def test_raw_gate_refuses_text_1_0_and_fractional_classes(tmp_path):
+    text = _user_extract(tmp_path / "a", "churn TEXT", labels=_one_cutoff(["1", "0", "1.0", "0"] * 3))
+    with pytest.raises(GateFailed, match=r"on churn: .* 3 unexpected value\(s\), e\.g\. \['1\.0', '1\.0', '1\.0'\]"):
+        validate_raw(str(text), str(tmp_path / "a" / "gate"))
+    fractions = _user_extract(tmp_path / "b", "tier REAL", labels=_one_cutoff([1.0, 2.0, 2.5] * 3))
+    with pytest.raises(GateFailed, match=r"column tier \(label\) must hold class labels .* 3 unexpected value\(s\), "
+                                         r"e\.g\. \[2\.5"):
+        validate_raw(str(fractions), str(tmp_path / "b" / "gate"), task="multiclass")
+    whole = _user_extract(tmp_path / "c", "tier REAL", labels=_one_cutoff([1.0, 2.0, 3.0] * 3))
+    assert validate_raw(str(whole), str(tmp_path / "c" / "gate"), task="multiclass").success is True

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 from features.engineering.snapshot import build_features
 from features.engineering.split import (
+    check_split_classes,
     encode_labels,
     entity_hash,
     entity_splits,
@@ -119,6 +120,12 @@ def test_multiclass_and_regression_labels(tmp_path):
         ([1, 1], "multiclass", "at least 2 classes"),
         (["a", "b"], "regression", "numeric labels"),
         ([1.0, float("nan")], "regression", "finite"),
+        # exactly the task's values: nothing is rounded or cast into a class
+        ([0.0, 0.7, 1.0, 1.9], "binary", "found 2 other value(s) such as [0.7, 1.9] (Float64); nothing is rounded"),
+        (["0", "1", "1.0", "yes"], "binary", "such as ['1.0', 'yes'] (String)"),
+        ([1.0, 2.0, 2.5], "multiclass", "needs class labels (text, booleans or whole numbers), found 1 value(s) such "
+                                        "as [2.5]"),
+        ([True, False], "regression", "numeric labels, found Boolean"),
     ],
 )
 def test_bad_labels_name_the_users_label_column(values, task, expected):
@@ -134,3 +141,31 @@ def test_label_encoding_and_rates():
     encoded, classes = encode_labels(pl.Series([3, 1, 3, 3]), "multiclass", "y")
     assert classes == ["1", "3"] and encoded.to_list() == [1, 0, 1, 1]
     assert label_rate(encoded, "multiclass") == 0.75
+
+
+def test_whole_floats_are_classes():
+    encoded, classes = encode_labels(pl.Series([2.0, 1.0, 2.0]), "multiclass", "y")
+    assert classes == ["1", "2"] and encoded.to_list() == [1, 0, 1]
+    assert encode_labels(pl.Series([0.0, 1.0]), "binary", "y")[0].to_list() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("task", "splits", "classes", "expected"),
+    [
+        ("binary", {"train": [0, 1], "valid": [1, 1], "test": [0, 1]}, None,
+         "the valid split holds one class only (missing 0): a binary task needs both classes in valid. "
+         "Class counts: train {'0': 1, '1': 1}; valid {'0': 0, '1': 2}; test {'0': 1, '1': 1}"),
+        ("multiclass", {"train": [0, 1, 1], "valid": [0, 1], "test": [0, 2]}, ["a", "b", "c"],
+         "the train split holds 2 of 3 classes (missing c): a multiclass task needs every class in train"),
+        ("multiclass", {"train": [0, 1, 2], "valid": [0, 1], "test": [2, 2]}, ["a", "b", "c"],
+         "the test split holds one class only (missing a, b): a multiclass task needs at least two classes in test"),
+    ],
+)
+def test_every_split_holds_the_classes_its_task_needs(task, splits, classes, expected):
+    labels = {name: pl.Series(values, dtype=pl.Int32) for name, values in splits.items()}
+    with pytest.raises(BuildError, match="column churned") as error:
+        check_split_classes(labels, task, "churned", classes)
+    assert expected in str(error.value)
+    check_split_classes({name: pl.Series([0, 1, 2], dtype=pl.Int32) for name in splits}, task, "churned",
+                        classes or ["0", "1"])
+    check_split_classes({name: pl.Series([0.5]) for name in splits}, "regression", "churned", None)

@@ -4,6 +4,11 @@ One implementation of each: atomic writes (a temporary sibling renamed into plac
 object store, which is atomic by itself), JSON and parquet read/write/scan, a staged directory that becomes
 visible at once, and content hashes. DataFrame functions import polars lazily (the ``frames`` extra), so the
 Airflow side can use the rest without it.
+
+A directory with a manifest is published by it: readers trust only a directory whose manifest exists. So a
+step that rewrites its directory first removes the old manifest (:func:`begin_rewrite`): while it writes,
+and if it is killed, nobody takes the half-written directory for the old or the new output. Staging
+(``.NAME.UUID.tmp``) that a killed writer left behind is removed by the next writer.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,6 +33,10 @@ if TYPE_CHECKING:
     import polars as pl
 
 PARQUET_OPTIONS = {"compression": "zstd", "statistics": True}
+# staging of a shared directory (a content-addressed snapshot) older than this is a killed writer's leftover;
+# younger, it may be a concurrent writer's, still at work
+STALE_STAGING_SECONDS = 24 * 3600
+TMP_SUFFIX = ".tmp"
 
 
 def join_uri(base: str, *parts: str) -> str:
@@ -187,39 +197,43 @@ def scan_parquet(uris: str | list[str]) -> pl.LazyFrame:
 class StagedDirectory:
     """A directory written in full before anyone can see it.
 
-    Write into :attr:`uri`, then :meth:`commit`. Locally the files go to a hidden temporary sibling that is
-    renamed into place (an older directory is moved aside first, then removed). An object store has no
-    rename: the files are put directly and a manifest written last marks the directory complete; readers
-    only trust a directory whose manifest exists.
+    Write into :attr:`uri` (a hidden ``.NAME.UUID.tmp`` sibling of the final directory), then :meth:`commit`.
+    Locally the staging directory is renamed into place (an older directory is moved aside first, then
+    removed). An object store has no rename: on commit the final directory's manifest is removed first (the
+    old content stops being trusted), the staged files are copied in, files of the old content that the new
+    one lacks are removed, and the manifest comes last. The previous output stays whole until the new one is
+    complete in staging: a writer killed while writing leaves the old directory as it was.
 
     With ``keep_complete=True`` a directory that already holds a manifest (completed concurrently by
     someone else) is kept and this one discarded: the content-addressed case, where both are the same.
+    Staging of the same directory older than ``stale_after`` seconds (a killed writer's) is removed.
     """
 
-    def __init__(self, final_uri: str, *, keep_complete: bool = False):
+    def __init__(self, final_uri: str, *, keep_complete: bool = False, stale_after: float = STALE_STAGING_SECONDS):
         self.final_uri = final_uri.rstrip("/")
         self.keep_complete = keep_complete
         self._fs, self._final_path = filesystem(self.final_uri)
         self._local = is_local(self._fs)
+        parent, name = self._final_path.rsplit("/", 1) if "/" in self._final_path else (".", self._final_path)
+        remove_staging(self._fs.unstrip_protocol(parent), f".{name}.", older_than=stale_after)
+        self._staging_path = _temporary_sibling(self._final_path)
         if self._local:
-            self._staging_path = _temporary_sibling(self._final_path)
             os.makedirs(self._staging_path)
             self.uri = self._staging_path
         else:
-            if not keep_complete and self._fs.exists(self._final_path):
-                self._fs.rm(self._final_path, recursive=True)
-            self.uri = self.final_uri
+            self.uri = self._fs.unstrip_protocol(self._staging_path)
 
     def _complete(self) -> bool:
         return self._fs.exists(f"{self._final_path}/{MANIFEST_FILE}")
 
     def commit(self) -> bool:
         """Make the directory visible; False when a complete one was kept instead (``keep_complete``)."""
-        if not self._local:
-            return True
         if self.keep_complete and self._complete():
             self.abort()
             return False
+        if not self._local:
+            self._commit_remote()
+            return True
         old = None
         if os.path.exists(self._final_path):
             old = _temporary_sibling(self._final_path)
@@ -229,9 +243,26 @@ class StagedDirectory:
             shutil.rmtree(old, ignore_errors=True)
         return True
 
+    def _commit_remote(self) -> None:
+        fs, staging, final = self._fs, self._staging_path, self._final_path
+        staged = {path[len(staging) + 1:] for path in fs.find(staging)}
+        if fs.exists(f"{final}/{MANIFEST_FILE}"):
+            fs.rm_file(f"{final}/{MANIFEST_FILE}")
+        for name in sorted(staged - {MANIFEST_FILE}):
+            fs.copy(f"{staging}/{name}", f"{final}/{name}")  # a server-side copy, each one atomic
+        stale = [path for path in (fs.find(final) if fs.exists(final) else [])
+                 if path[len(final) + 1:] not in staged]
+        if stale:
+            fs.rm(stale)
+        if MANIFEST_FILE in staged:
+            fs.copy(f"{staging}/{MANIFEST_FILE}", f"{final}/{MANIFEST_FILE}")
+        self.abort()
+
     def abort(self) -> None:
         if self._local:
             shutil.rmtree(self._staging_path, ignore_errors=True)
+        elif self._fs.exists(self._staging_path):
+            self._fs.rm(self._staging_path, recursive=True)
 
     def __enter__(self) -> StagedDirectory:
         return self
@@ -241,6 +272,45 @@ class StagedDirectory:
             self.commit()
         else:
             self.abort()
+
+
+def _age_seconds(fs: fsspec.AbstractFileSystem, path: str) -> float:
+    """Seconds since anything under ``path`` last changed (0 when it cannot be told: assumed in use)."""
+    try:
+        if is_local(fs):
+            stamps = [os.stat(path).st_mtime]
+            for root, dirs, files in os.walk(path):
+                stamps += [os.stat(os.path.join(root, n)).st_mtime for n in dirs + files]
+            return time.time() - max(stamps)
+        files = fs.find(path) or [path]
+        return min(time.time() - fs.modified(f).timestamp() for f in files)
+    except (OSError, NotImplementedError, ValueError):
+        return 0.0
+
+
+def remove_staging(directory_uri: str, prefix: str = ".", *, older_than: float = 0.0) -> list[str]:
+    """Remove the staging entries (``{prefix}….tmp``: staged directories, temporary files) that writers killed
+    before they finished left in a directory; only those unchanged for ``older_than`` seconds. Returns them."""
+    fs, path = filesystem(directory_uri)
+    try:
+        entries = fs.ls(path, detail=False) if fs.exists(path) else []
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith(prefix) and name.startswith(".") and name.endswith(TMP_SUFFIX):
+            if older_than <= 0 or _age_seconds(fs, entry) >= older_than:
+                fs.rm(entry, recursive=True)
+                removed.append(fs.unstrip_protocol(entry))
+    return removed
+
+
+def begin_rewrite(directory_uri: str) -> None:
+    """Before a step (its only writer) rewrites its output directory: the old manifest goes first, so the old
+    and the new files are never taken for one complete output, and a killed earlier try's staging is removed."""
+    remove(join_uri(directory_uri, MANIFEST_FILE))
+    remove_staging(directory_uri)
 
 
 # ------------------------------------------------------------------------------------------------ hashes

@@ -123,6 +123,9 @@ class SnapshotManifest(SnapshotContents):
     categories: dict[str, list[str]]
     code_version: str
     build_seconds: float | None = None
+    # what a reuse verifies: the extract content it was built from, and the sha256 of its split files
+    extract_content_hash: str | None = None
+    content_hash: str | None = None
 
 
 class BuildManifest(SnapshotContents):

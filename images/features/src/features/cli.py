@@ -78,12 +78,13 @@ def cmd_extract_labels(args: argparse.Namespace, env: StepEnvironment) -> Manife
 
 
 def cmd_validate_raw(args: argparse.Namespace, env: StepEnvironment) -> Manifest:
+    from features.engineering.spec import load_spec
     from features.gates.raw import validate_raw
 
     return validate_raw(
         args.extract, env.output(args.out),
         min_events=args.min_events, max_amount=args.max_amount, min_snapshots=args.min_snapshots,
-        task=args.task, split=args.split,
+        task=args.task, split=args.split, spec=load_spec(args.feature_spec) if args.feature_spec.strip() else None,
     )
 
 
@@ -227,6 +228,7 @@ def commands() -> Commands:
     raw.add_argument("--min-snapshots", type=int, help="default: what --split needs (time 3, entity or auto 1)")
     raw.add_argument("--task", choices=TASKS, default=BINARY, help="the build's --task: decides the label rules")
     raw.add_argument("--split", choices=SPLIT_METHODS, default=AUTO_SPLIT, help="the build's --split")
+    raw.add_argument("--feature-spec", default="", help="the build's --feature-spec: its numeric columns must be numbers")
 
     build = add("build", cmd_build, "point-in-time features + train/valid/test split (content-addressed)")
     build.add_argument("--extract", required=True, help="the extract step's output directory")

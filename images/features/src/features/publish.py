@@ -106,6 +106,9 @@ def publish_predictions(
     prefix = layout.predictions_dir(artifact_root, scored.model_name, scored.score_date)
     predictions_uri = storage.join_uri(prefix, PREDICTIONS_FILE)
     features_uri = storage.join_uri(prefix, FEATURES_FILE)
+    # the date's manifest goes first: a republish killed half-way leaves no old manifest beside new files
+    storage.begin_rewrite(prefix)
+    storage.begin_rewrite(out_dir)
     storage.copy_file(scored.output("predictions"), predictions_uri)
     storage.copy_file(scored.output("features"), features_uri)
     counts = write_predictions_table(warehouse_uri, table, predictions)

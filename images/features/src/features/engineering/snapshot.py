@@ -3,7 +3,10 @@
 The snapshot lives at ``{snapshot_root}/{hash}`` where the hash covers the extract's content, the feature
 spec (or "inferred": inference is a function of the extract's content), the task, the resolved split
 method (and its seed for an entity split) and :data:`~features.engineering.compute.FEATURE_CODE_VERSION`:
-the same inputs reuse the snapshot that exists. Its :class:`~mlcontract.manifests.SnapshotManifest`
+the same inputs reuse the snapshot that exists, once verified: the extract's files must be those its manifest
+describes (a re-extract killed half-way leaves new files beside the old manifest: nothing is built from
+them), and a snapshot is reused only when it records that extract content and its files still hash to what
+it recorded; otherwise it is rebuilt in place. Its :class:`~mlcontract.manifests.SnapshotManifest`
 holds the spec, each feature's range (what the features gate checks), the category vocabulary (what
 scoring reuses), the task with its classes, the split and the user's column names.
 """
@@ -15,6 +18,7 @@ import time
 
 import polars as pl
 from mlcontract import storage
+from mlcontract.errors import PipelineError
 from mlcontract.manifests import BuildManifest, ExtractManifest, Manifest, SnapshotManifest
 from mlcontract.manifests.features import ExtractedData, SnapshotContents
 from mlcontract.names import (
@@ -38,8 +42,10 @@ from features.engineering.compute import (
     fit_categories,
 )
 from features.engineering.spec import FeatureSpec, check_spec, infer_spec
+from features.errors import BuildError
 from features.engineering.split import (
     SPLIT_COLUMN,
+    check_split_classes,
     check_splits,
     encode_labels,
     entity_splits,
@@ -104,6 +110,49 @@ def snapshot_hash_of(
     })
 
 
+def extract_files(extract_dir: str, kind: str = "events") -> list[str]:
+    """The files the build reads from an extract, in the order its ``content_hash`` covers them."""
+    labels = storage.join_uri(extract_dir, LABELS_FILE)
+    if kind == FEATURE_TABLE_SOURCE:
+        return [labels]
+    events = [uri for uri in storage.list_files(storage.join_uri(extract_dir, EVENTS_DIR))
+              if uri.endswith(".parquet") and not uri.rsplit("/", 1)[-1].startswith(".")]
+    entities = storage.join_uri(extract_dir, ENTITIES_FILE)
+    return [*events, labels, *([entities] if storage.exists(entities) else [])]
+
+
+def verify_extract(extract_dir: str, extract: ExtractedData) -> None:
+    """The extract's files are those its manifest describes, else a BuildError: a snapshot is addressed by
+    the manifest's content hash, so files of other content must never be built (or reused) under it."""
+    found = storage.hash_files(extract_files(extract_dir, extract.kind))
+    if found != extract.content_hash:
+        raise BuildError(
+            f"extract {extract_dir}: its files are not those its manifest describes (content hash {found[:12]}, "
+            f"manifest {extract.content_hash[:12]}): the extract step was interrupted while rewriting them, or "
+            "they were changed after it finished; rerun extract"
+        )
+
+
+def reusable_snapshot(snapshot_uri: str, extract_content_hash: str) -> SnapshotManifest | None:
+    """The complete snapshot at its address when it is what the address promises: built from this extract
+    content, its files as it wrote them. None when there is none, or it fails the check (it is rebuilt)."""
+    if not SnapshotManifest.exists(snapshot_uri):
+        return None
+    try:
+        snapshot = SnapshotManifest.read(snapshot_uri)
+        files = [storage.join_uri(snapshot_uri, f"{name}.parquet") for name in SPLITS]
+        found = storage.hash_files(files) if all(storage.exists(f) for f in files) else None
+    except PipelineError as error:
+        log.warning("feature snapshot %s is unreadable (%s): rebuilding it", snapshot_uri, error)
+        return None
+    if snapshot.extract_content_hash != extract_content_hash or found is None or found != snapshot.content_hash:
+        log.warning("feature snapshot %s does not match its inputs (extract %s, files %s): rebuilding it",
+                    snapshot_uri, snapshot.extract_content_hash == extract_content_hash,
+                    "intact" if found is not None and found == snapshot.content_hash else "changed or missing")
+        return None
+    return snapshot
+
+
 def read_spine(extract_dir: str) -> pl.DataFrame:
     return storage.read_parquet(storage.join_uri(extract_dir, LABELS_FILE)).with_columns(
         pl.col(ENTITY).cast(pl.String), pl.col(SNAPSHOT).cast(pl.Datetime("us"))
@@ -125,18 +174,21 @@ def build_features(
     """
     started = time.perf_counter()
     extract = ExtractManifest.read(extract_dir)
+    storage.begin_rewrite(out_dir)
+    verify_extract(extract_dir, extract)
     spine = read_spine(extract_dir)
     method = resolve_split(split, spine[SNAPSHOT].dt.date().n_unique())
     seed = split_seed if method == ENTITY_SPLIT else None
     snapshot_hash = snapshot_hash_of(extract.content_hash, spec, task, method, seed)
     snapshot_uri = storage.join_uri(snapshot_root, snapshot_hash)
 
-    if SnapshotManifest.exists(snapshot_uri):
-        snapshot = SnapshotManifest.read(snapshot_uri)
-        reused = True
-        log.info("feature snapshot %s already built: reusing %s", snapshot_hash, snapshot_uri)
+    reusable = reusable_snapshot(snapshot_uri, extract.content_hash)
+    if reusable is not None:
+        snapshot, reused = reusable, True
+        log.info("feature snapshot %s already built (verified): reusing %s", snapshot_hash, snapshot_uri)
     else:
-        snapshot = build_snapshot(extract_dir, extract, spine, snapshot_uri, snapshot_hash, spec, task, method, seed)
+        snapshot = build_snapshot(extract_dir, extract, spine, snapshot_uri, snapshot_hash, spec, task, method, seed,
+                                  replace=SnapshotManifest.exists(snapshot_uri))
         reused = False
 
     contents = snapshot.model_dump(include=set(SnapshotContents.model_fields) - set(Manifest.model_fields))
@@ -164,8 +216,12 @@ def build_snapshot(
     task: str,
     method: str,
     seed: int | None,
+    replace: bool = False,
 ) -> SnapshotManifest:
-    """Compute the features of the labels spine, split them and publish the snapshot at once."""
+    """Compute the features of the labels spine, split them and publish the snapshot at once.
+
+    ``replace``: a snapshot at the address failed its check and is replaced (else a complete one is kept).
+    """
     started = time.perf_counter()
     events, entities = scan_extract(extract_dir, extract.kind)
     label, classes = encode_labels(spine[LABEL], task, extract.columns.get(LABEL, LABEL))
@@ -190,6 +246,8 @@ def build_snapshot(
     parts = {name: spine.filter(condition) for name, condition in where.items()}
     splits = {name: sorted({d.isoformat() for d in part[SNAPSHOT].dt.date().unique()}) for name, part in parts.items()}
     check_splits({name: part.height for name, part in parts.items()}, method)
+    check_split_classes({name: part[LABEL] for name, part in parts.items()}, task, extract.columns.get(LABEL, LABEL),
+                        classes, splits if method == "time" else None)
     # bounded memory: computed per range of entities into a working directory, streamed into the splits
     table = compute_feature_parts(events, spine.lazy(), entities, spec, categories)
     columns = table.feature_columns
@@ -214,13 +272,15 @@ def build_snapshot(
         columns=extract.columns,
         categories=categories,
         code_version=FEATURE_CODE_VERSION,
+        extract_content_hash=extract.content_hash,
         build_seconds=round(time.perf_counter() - started, 3),
     )
     # the files and the manifest appear together; a snapshot completed concurrently (same hash, same
     # content) is kept
-    with table, storage.StagedDirectory(snapshot_uri, keep_complete=True) as staged:
+    with table, storage.StagedDirectory(snapshot_uri, keep_complete=not replace) as staged:
         for name, condition in where.items():
             storage.write_parquet_stream(storage.join_uri(staged.uri, f"{name}.parquet"), table.frames(condition))
+        snapshot.content_hash = storage.hash_files([storage.join_uri(staged.uri, f"{name}.parquet") for name in SPLITS])
         snapshot.write(staged.uri)
     log.info("wrote feature snapshot %s (%s rows) in %.1f s", snapshot_uri, snapshot.rows,
              time.perf_counter() - started)

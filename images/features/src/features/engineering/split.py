@@ -10,9 +10,15 @@
   entity is never in two splits.
 - ``auto``: ``time`` when the labels hold at least ``MIN_TIME_SPLIT_SNAPSHOTS`` snapshot dates, else ``entity``.
 
-Labels per task: ``binary`` 0/1 integers or booleans, stored as Int8; ``multiclass`` any values, stored as
-the class index (Int32) into ``classes`` (the distinct values as strings, sorted by value); ``regression``
-numbers, stored as Float64. Nulls, and anything else, are errors naming the user's label column.
+Labels per task, exactly (nothing is rounded or cast into a class): ``binary`` 0/1 numbers, booleans or a
+text column spelling ``'0'``/``'1'``, stored as Int8; ``multiclass`` text, booleans or whole numbers, stored
+as the class index (Int32) into ``classes`` (the distinct values as strings, sorted by value); ``regression``
+finite numbers, stored as Float64. Nulls, and anything else, are errors naming the user's label column and
+the offending values.
+
+Every split must hold the classes its task needs (:func:`check_split_classes`): a binary task both classes
+in train, valid and test (an AUC of one class is undefined); a multiclass task every class in train and at
+least two in valid and test.
 """
 
 from __future__ import annotations
@@ -117,29 +123,88 @@ def encode_labels(labels: pl.Series, task: str, label_column: str) -> tuple[pl.S
     if task == BINARY:
         if labels.dtype == pl.Boolean:
             return labels.cast(pl.Int8).alias(LABEL), None
-        if labels.dtype == pl.String and set(labels.unique().to_list()) <= {"0", "1"}:
-            labels = labels.cast(pl.Int8)  # a TEXT column spelling 0/1 (the raw gate accepts it too)
-        values = labels.unique().sort().to_list()
-        if not labels.dtype.is_numeric() or not set(values) <= {0, 1}:
+        if labels.dtype == pl.String:
+            # a TEXT column spelling exactly '0'/'1' (the raw gate accepts it too); '1.0' or 'yes' is not 0/1
+            bad = labels.filter(~labels.is_in(["0", "1"]))
+        elif labels.dtype.is_numeric():
+            bad = labels.filter(~labels.cast(pl.Float64).is_in([0.0, 1.0]).fill_null(False))
+        else:
+            bad = labels
+        if bad.len():
             raise BuildError(
-                f"{where}: a binary task needs 0/1 (or true/false) labels, found {values[:10]} ({labels.dtype}); "
-                "use --task multiclass or regression for other labels"
+                f"{where}: a binary task needs 0/1 (or true/false) labels exactly, found {bad.len()} other "
+                f"value(s) such as {_shown(bad)} ({labels.dtype}); nothing is rounded: fix the labels, or use "
+                "--task multiclass or regression"
             )
-        return labels.cast(pl.Int8).alias(LABEL), None
+        return labels.cast(pl.Float64).cast(pl.Int8).alias(LABEL), None
     if task == MULTICLASS:
+        if labels.dtype.is_float():
+            # a class is a name or a whole number: 2.5 (or NaN) is a measurement, not a class
+            numbers = labels.cast(pl.Float64)
+            bad = labels.filter(~(numbers.is_finite() & (numbers == numbers.round(0))).fill_null(False))
+            if bad.len():
+                raise BuildError(f"{where}: a multiclass task needs class labels (text, booleans or whole "
+                                 f"numbers), found {bad.len()} value(s) such as {_shown(bad)}; use --task regression "
+                                 "for a measured target")
+            labels = labels.cast(pl.Int64)  # 1.0 is class 1, as the warehouse's REAL column meant it
+        elif not (labels.dtype.is_integer() or labels.dtype in (pl.String, pl.Boolean, pl.Categorical)):
+            raise BuildError(f"{where}: a multiclass task needs class labels (text, booleans or whole numbers), "
+                             f"found {labels.dtype} values such as {_shown(labels)}")
         values = labels.unique().sort().to_list()
         if len(values) < 2:
             raise BuildError(f"{where}: a multiclass task needs at least 2 classes, found {values}")
         classes = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
         index = {v: i for i, v in enumerate(values)}
         return labels.replace_strict(index, return_dtype=pl.Int32).alias(LABEL), classes
-    if not (labels.dtype.is_numeric() or labels.dtype == pl.Boolean):
+    if not labels.dtype.is_numeric():
         raise BuildError(f"{where}: a regression task needs numeric labels, found {labels.dtype} values such as "
-                         f"{labels.head(3).to_list()}")
+                         f"{_shown(labels)}")
     encoded = labels.cast(pl.Float64)
     if not np.isfinite(encoded.to_numpy()).all():
         raise BuildError(f"{where}: a regression task needs finite labels (found NaN or infinity)")
     return encoded.alias(LABEL), None
+
+
+def _shown(values: pl.Series, count: int = 5) -> list:
+    """A few distinct offending values, for a message."""
+    return values.unique().sort().head(count).to_list()
+
+
+def class_counts(labels: pl.Series, classes: list[str]) -> dict[str, int]:
+    """Rows per class (every class, zero included), keyed by the class as the user's labels spell it."""
+    counts = dict(labels.value_counts().iter_rows())
+    return {name: int(counts.get(index, 0)) for index, name in enumerate(classes)}
+
+
+def check_split_classes(labels: dict[str, pl.Series], task: str, label_column: str, classes: list[str] | None,
+                        dates: dict[str, list[str]] | None = None) -> None:
+    """Every split holds the classes its task needs, else a BuildError naming the split and the class counts.
+
+    ``labels``: each split's encoded labels; ``classes``: the multiclass classes (binary: ``0`` and ``1``);
+    ``dates``: each split's snapshot dates, shown for a time split.
+    """
+    if task == REGRESSION:
+        return
+    names = classes if task == MULTICLASS and classes else ["0", "1"]
+    counts = {split: class_counts(values, names) for split, values in labels.items()}
+    for split in SPLITS:
+        found = counts.get(split, {})
+        present = sum(1 for n in found.values() if n)
+        if task == BINARY or split == "train":
+            needed, why = len(names), "every class" if task == MULTICLASS else "both classes"
+        else:
+            needed, why = 2, "at least two classes"
+        if present >= needed:
+            continue
+        at = f" (snapshot {', '.join(dates[split])})" if dates and dates.get(split) else ""
+        missing = [name for name, n in found.items() if not n]
+        raise BuildError(
+            f"labels: column {label_column} (label): the {split} split{at} holds "
+            f"{'one class only' if present == 1 else f'{present} of {len(names)} classes'} "
+            f"(missing {', '.join(missing[:10])}): a {task} task needs {why} in {split}. Class counts: "
+            + "; ".join(f"{name} {counts[name]}" for name in SPLITS if name in counts)
+            + ". Use labels where every split has them (more snapshot dates or entities, or --split entity)"
+        )
 
 
 def label_rate(labels: pl.Series, task: str) -> float:

@@ -51,6 +51,7 @@ def extract_scoring(
     ``reader="sqlalchemy"`` reads through SQLAlchemy even where an Arrow driver exists (same output)."""
     source = source or ScoringSource()
     started = time.perf_counter()
+    storage.begin_rewrite(out_dir)  # as in the training extract: no old manifest beside new files
     as_of_ts = as_naive_utc(as_of)
     assert as_of_ts is not None
     log.info("extracting the entities to score on %s", as_of_ts.isoformat())

@@ -54,6 +54,8 @@ def extract(
     ``reader="sqlalchemy"`` reads through SQLAlchemy even where an Arrow driver exists (same output)."""
     source = source or TrainingSource()
     started = time.perf_counter()
+    # a rerun's old manifest goes first: killed half-way, it leaves no old manifest beside new files
+    storage.begin_rewrite(out_dir)
     cutoff_ts = as_naive_utc(cutoff)
     log.info("extracting for training (cutoff %s)", cutoff_ts or "none")
     if source.kind == FEATURE_TABLE_SOURCE:

@@ -63,7 +63,15 @@ def label_rules(build: BuildManifest, split: str, dtype: pl.DataType) -> list[r.
                                                                 f"an AUC needs both")]
     if build.task == MULTICLASS:
         k = len(build.classes or [])
-        return [r.in_set(LABEL, list(range(k)), dtype).explained(
-            f"column {label} must be a class index 0..{k - 1} of the build's classes"
-        )]
+        # train learns every class; valid and test need two at least for a log loss that compares anything
+        needed = k if split == "train" else min(k, 2)
+        return [
+            r.in_set(LABEL, list(range(k)), dtype).explained(
+                f"column {label} must be a class index 0..{k - 1} of the build's classes"
+            ),
+            r.distinct_count_between(LABEL, needed).explained(
+                f"column {label} has {{observed}} of the {k} classes in {split}; task=multiclass needs "
+                f"{'every class' if split == 'train' else 'at least two'} there"
+            ),
+        ]
     return [r.finite_between(LABEL, dtype, None, None).explained(f"column {label} must be finite")]

@@ -2,8 +2,10 @@
 complete and sane for the build that follows.
 
 The rules follow the build's choices: the split method decides how many snapshot dates are needed, the task
-what a label may be (binary 0/1 or booleans; multiclass 2..``max_classes`` distinct values; regression
-finite numbers). Every failure names the user's columns (the extract manifest's ``columns``).
+what a label may be, exactly (binary 0/1, booleans or text spelling '0'/'1'; multiclass 2..``max_classes``
+classes of text, booleans or whole numbers; regression finite numbers), and the feature spec, when one is
+given, which columns must be numbers. ``amount`` is declared numeric (``max_amount``): text there is refused.
+Every failure names the user's columns (the extract manifest's ``columns``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mlcontract.names import (
     TIME_SPLIT,
 )
 
+from features.engineering.spec import FeatureSpec
 from features.validation import rules as r
 from features.validation.gx import prefetch_gx
 from features.validation.measure import Dataset
@@ -50,10 +53,12 @@ def validate_raw(
     task: str = BINARY,
     split: str = AUTO_SPLIT,
     max_classes: int = MAX_CLASSES,
+    spec: FeatureSpec | None = None,
 ) -> GateManifest:
     """Gate 1 on an ``extract`` step's output; ``max_amount`` is the declared range of an ``amount`` column.
 
     ``min_snapshots`` defaults to what ``split`` needs: a time split >= 3 snapshot dates, entity or auto >= 1.
+    ``spec``: the build's feature spec; the columns it treats as numbers must be numbers.
     """
     started = time.perf_counter()
     prefetch_gx()
@@ -69,7 +74,7 @@ def validate_raw(
 
     datasets = []
     if extract.kind != FEATURE_TABLE_SOURCE:
-        datasets.append(events_dataset(extract, named, min_events, max_amount, cutoff))
+        datasets.append(events_dataset(extract, named, min_events, max_amount, cutoff, spec))
 
     labels = storage.scan_parquet(extract.output("labels"))
     schema = labels.collect_schema()
@@ -98,12 +103,15 @@ def validate_raw(
         rules = [r.columns_present([ENTITY], schema)]
         if ENTITY in schema:
             rules += [r.not_null(ENTITY, schema[ENTITY]), r.unique([ENTITY])]
+        if spec is not None:
+            numeric = {c for c, use in spec.entity_attributes.items() if use.use in ("numeric", "boolean")}
+            rules += numeric_columns(schema, numeric, "entity_attributes")
         datasets.append(Dataset("entities", entities, schema, rules, names))
     return run_gate("validate-raw", out_dir, datasets, started, input=extract_dir)
 
 
 def events_dataset(extract: ExtractManifest, named, min_events: int, max_amount: float,
-                   cutoff: datetime | None) -> Dataset:
+                   cutoff: datetime | None, spec: FeatureSpec | None = None) -> Dataset:
     parts = storage.list_files(extract.output("events"), PART_PREFIX)
     events = storage.scan_parquet(parts) if parts else pl.LazyFrame({ENTITY: [], EVENT_TS: []})
     schema = events.collect_schema()
@@ -119,9 +127,36 @@ def events_dataset(extract: ExtractManifest, named, min_events: int, max_amount:
                 f"no event of column {named(EVENT_TS)} is before any snapshot (the latest is "
                 f"{latest.date()} in column {named(SNAPSHOT)}): every feature would be empty"
             ))
-    if "amount" in schema and schema["amount"].is_numeric():
-        rules.append(r.between("amount", 0, max_amount, dtype=schema["amount"]))
+    if "amount" in schema:
+        if schema["amount"].is_numeric():
+            rules.append(r.between("amount", 0, max_amount, dtype=schema["amount"]))
+        elif spec is None or "amount" not in spec.events or spec.events["amount"].kind in NUMERIC_KINDS:
+            # a money column read as text (a TEXT column, or SQLite values such as 'n/a'): the build would
+            # treat it as a category, or fail on it
+            rules.append(r.numeric_type("amount", schema["amount"]).explained(
+                f"column amount must hold numbers (its declared range is 0..{max_amount:g}), not {schema['amount']}: "
+                "fix its type in the warehouse, or cast it in --events-query"
+            ))
+    if spec is not None:
+        numeric = {c for c, column in spec.events.items() if column.kind in NUMERIC_KINDS} - {"amount"}
+        rules += numeric_columns(schema, numeric, "events")
     return Dataset("events", events, schema, rules, extract.columns)
+
+
+NUMERIC_KINDS = ("numeric", "boolean")
+
+
+def numeric_columns(schema: pl.Schema, columns: set[str], section: str) -> list[r.Rule]:
+    """The columns the feature spec treats as numbers (or 0/1 flags) are numbers or booleans."""
+    rules = []
+    for column in sorted(c for c in columns if c in schema):  # a missing one is the build's spec check
+        dtype = schema[column]
+        if dtype.is_numeric() or dtype == pl.Boolean:
+            continue
+        rules.append(r.numeric_type(column, dtype).explained(
+            f"column {column} must hold numbers: the feature spec's {section} treat it as numeric, but it is {dtype}"
+        ))
+    return rules
 
 
 def snapshot_count(column: str, split: str, min_snapshots: int | None) -> r.Rule:
@@ -147,9 +182,15 @@ def label_rules(dtype: pl.DataType, column: str, task: str, rate: tuple[float, f
             ))
         return rules
     if task == MULTICLASS:
-        return [r.distinct_count_between(LABEL, 2, max_classes).explained(
-            f"column {column} has {{observed}} distinct value(s); task=multiclass needs 2..{max_classes} classes"
-        )]
+        return [
+            r.class_values(LABEL, dtype).explained(
+                f"column {column} must hold class labels (text, booleans or whole numbers) for task=multiclass, "
+                f"not measurements ({dtype}); use task=regression for a measured target"
+            ),
+            r.distinct_count_between(LABEL, 2, max_classes).explained(
+                f"column {column} has {{observed}} distinct value(s); task=multiclass needs 2..{max_classes} classes"
+            ),
+        ]
     assert task == REGRESSION, task
     rules = [r.numeric_type(LABEL, dtype).explained(
         f"column {column} must hold numbers for task=regression, not {dtype}"

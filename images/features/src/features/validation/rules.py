@@ -153,11 +153,27 @@ def _aggregate(expectation: str, column: str, observed: pl.Expr, low: float | No
 
 
 def binary_values(column: str, dtype: pl.DataType) -> Rule:
-    """Every present value is 0 or 1: numbers, booleans, or text that spells one (``'1'``); 0.7 or
-    ``'yes'`` are values outside the set, shown as examples, not missing values."""
-    number = pl.col(column).cast(pl.Float64, strict=False)
-    bad = _present(column, dtype) & ~number.is_in([0.0, 1.0]).fill_null(False)
-    return Rule("expect_column_values_to_be_in_set", column, {"value_set": [0, 1]}, bad=bad)
+    """Every present value is exactly 0 or 1: numbers, booleans, or text spelling ``'0'``/``'1'``; 0.7,
+    ``'1.0'`` or ``'yes'`` are values outside the set, shown as examples, not missing values."""
+    if dtype == pl.String:
+        outside = ~pl.col(column).is_in(["0", "1"])
+    elif dtype.is_numeric() or dtype == pl.Boolean:
+        outside = ~pl.col(column).cast(pl.Float64).is_in([0.0, 1.0]).fill_null(False)
+    else:
+        outside = pl.lit(True)  # dates, lists...: no value of such a column is 0 or 1
+    return Rule("expect_column_values_to_be_in_set", column, {"value_set": [0, 1]},
+                bad=_present(column, dtype) & outside)
+
+
+def class_values(column: str, dtype: pl.DataType) -> Rule:
+    """Every present value can be a class: text, a boolean, or a whole number (2.5 is a measurement)."""
+    if dtype.is_float():
+        value = pl.col(column)
+        bad = value.is_not_null() & ~(value.is_finite() & (value == value.round(0))).fill_null(False)
+    else:
+        fits = dtype.is_integer() or dtype in (pl.String, pl.Boolean, pl.Categorical)
+        bad = pl.col(column).is_not_null() & pl.lit(not fits)
+    return Rule("expect_column_values_to_match_regex", column, {"regex": r"^[^.]*$|^-?\d+(\.0+)?$"}, bad=bad)
 
 
 def numeric_type(column: str, dtype: pl.DataType) -> Rule:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 def run_gate(gate: str, out_dir: str, datasets: list[Dataset], started: float, **recorded: Any) -> GateManifest:
     """Validate ``datasets``; write ``validation.json`` and the gate manifest; raise :class:`GateFailed`
     naming every failing expectation when one fails. ``recorded`` goes into the manifest as it is."""
+    storage.begin_rewrite(out_dir)  # a rerun's old verdict never stands beside new results
     metrics = measure(datasets)
     measure_seconds = round(time.perf_counter() - started, 3)
     validate_started = time.perf_counter()
