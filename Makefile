@@ -31,6 +31,9 @@ BENCH_EVENTS ?= 10000000
 BENCH_ARGS ?=
 BENCH_RETAIL_ARGS ?= --sizes 2500,5000,10000 --quality-size 5000
 BENCH_SHAPES_ARGS ?= --customers 10000
+# make bench-scale: sizes in customers x 40 events (10 M and 50 M events), side by side in one run
+SCALE_CUSTOMERS ?= 250000,1250000
+SCALE_ARGS ?=
 GPU_POOL_SLOTS ?= 2
 AIRFLOW_PORT ?= 8080
 MLFLOW_PORT ?= 5000
@@ -39,7 +42,7 @@ SERVE_PORT ?= 5001
 # module per worker (its tests share a platform). PYTEST_PARALLEL= runs them in one process.
 PYTEST_PARALLEL ?= -n auto --dist loadfile
 
-.PHONY: help venv seed airflow-db pools run summary test test-fast test-scheduler test-ui ui serve request bench chart-deps render images kind-test clean
+.PHONY: help venv seed airflow-db pools run summary test test-fast test-scheduler test-ui ui serve request bench bench-scale chart-deps render images kind-test clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -107,6 +110,9 @@ bench: venv ## Benchmarks: polars vs DuckDB build, gates; inferred spec vs featu
 	$(BIN)/python bench/bench_features.py --events $(BENCH_EVENTS) $(BENCH_ARGS)
 	$(BIN)/python bench/bench_retail.py $(BENCH_RETAIL_ARGS)
 	$(BIN)/python bench/bench_shapes.py $(BENCH_SHAPES_ARGS)
+
+bench-scale: venv ## Seed 10 M and 50 M events; extract, gate, build, one trial: wall and peak RSS per step
+	nice -n 10 $(BIN)/python bench/bench_scale.py --customers $(SCALE_CUSTOMERS) $(SCALE_ARGS)
 
 clean: ## Remove everything the embedded default wrote (.local/ and build/)
 	rm -rf $(MLPLATFORM_HOME) build
