@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_scale.py [--customers 250000,1250000] [--workdir .local/bench-scale]
                                           [--steps seed,extract,validate-raw,build,trial] [--max-rounds 200]
+                                          [--extracts DIR,DIR]  (existing extracts: from validate-raw on)
 
 For each size (customers x 40 events: 10 M and 50 M events by default, ``make bench-scale SCALE_CUSTOMERS=...``):
 
@@ -80,7 +81,7 @@ def run_step(name: str, command: list[str], log_path: Path, env: dict[str, str],
 class Size:
     """One size's warehouse, run directory and step commands."""
 
-    def __init__(self, customers: int, workdir: Path, max_rounds: int):
+    def __init__(self, customers: int, workdir: Path, max_rounds: int, extract: Path | None = None):
         python = sys.executable
         self.customers = customers
         self.seed_dir = workdir / f"seed-{customers}"
@@ -90,6 +91,8 @@ class Size:
         self.env = {**os.environ, "WAREHOUSE_URI": f"sqlite:///{self.warehouse}", "PYTHONUNBUFFERED": "1"}
         self.env.pop("STEP_OUTPUT_URI", None)
         run = self.run
+        if extract is not None:  # an extract made beforehand (seed and extract are not run)
+            (run / "extract").symlink_to(extract.resolve(), target_is_directory=True)
         self.commands = {
             "seed": [python, "-m", "features", "seed", "--customers", str(customers),
                      "--events-per-customer", str(EVENTS_PER_CUSTOMER), "--out", str(self.seed_dir)],
@@ -102,6 +105,8 @@ class Size:
                       "--n-trials", "4", "--seed", "42", "--max-rounds", str(max_rounds), "--out", str(run / "trial")],
         }
         self.result: dict = {"customers": customers, "run": str(run), "steps": {}}
+        if extract is not None:
+            self.result["extract"] = str(extract.resolve())
         self.failed = False
 
     def step(self, step: str, timeout: float) -> None:
@@ -187,9 +192,18 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=200, help="boosting rounds of the trial")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per step")
     parser.add_argument("--name", default="scale", help="results file name under bench/results/")
+    parser.add_argument("--extracts", default="",
+                        help="comma-separated extract directories made beforehand (e.g. bench_features.py's): "
+                        "their steps from validate-raw on, instead of seeding and extracting")
     options = parser.parse_args()
-    sizes = sorted(int(c) for c in options.customers.split(",") if c.strip())
-    steps = [s for s in options.steps.split(",") if s]
+    extracts = [Path(e) for e in options.extracts.split(",") if e.strip()]
+    if extracts:
+        sizes_of = {json.loads((e / "manifest.json").read_text())["rows"]["entities"]: e for e in extracts}
+        sizes = sorted(sizes_of)
+    else:
+        sizes_of = {}
+        sizes = sorted(int(c) for c in options.customers.split(",") if c.strip())
+    steps = [s for s in options.steps.split(",") if s and not (extracts and s in ("seed", "extract"))]
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise SystemExit(f"--steps: unknown step(s) {unknown}; choose from {', '.join(STEPS)}")
@@ -203,7 +217,9 @@ def main() -> None:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "order": "step by step: each step runs at every size, one right after the other (same machine load)",
     }
-    runs = [Size(c, workdir, options.max_rounds) for c in sizes]
+    runs = [Size(c, workdir, options.max_rounds, sizes_of.get(c)) for c in sizes]
+    if extracts:
+        report["order"] += "; from extracts made beforehand: " + ", ".join(str(e) for e in extracts)
     for step in steps:
         for size in runs:
             size.step(step, options.timeout)

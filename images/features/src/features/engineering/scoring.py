@@ -14,7 +14,7 @@ from mlcontract.errors import MissingManifest
 from mlcontract.manifests import ScoringBuildManifest, ScoringExtractManifest, SnapshotManifest
 from mlcontract.names import ENTITY, FEATURES_FILE, SNAPSHOT
 
-from features.engineering.compute import compute_features, feature_columns
+from features.engineering.compute import compute_feature_parts, feature_columns
 from features.engineering.snapshot import prepare_spec, scan_extract
 from features.engineering.spec import parse_spec
 from features.errors import ScoringError
@@ -40,7 +40,9 @@ def build_scoring(extract_dir: str, out_dir: str, reference_snapshot_uri: str) -
     events, entities = scan_extract(extract_dir, extract.kind)
     spine = storage.scan_parquet(extract.output("spine"))
     spec = prepare_spec(spec, events, entities, spine, extract)  # checks the scoring data against the spec
-    table = compute_features(events, spine, entities, spec, reference.categories).collect(engine="in-memory")
+    # computed per range of entities (bounded memory while aggregating the events), then held: one row per entity
+    with compute_feature_parts(events, spine, entities, spec, reference.categories) as parts:
+        table = parts.collect()
 
     produced = feature_columns(table)
     missing = [c for c in columns if c not in produced]
