@@ -355,8 +355,10 @@ def test_a_champion_of_another_task_is_not_comparable(mlflow_env, tmp_path):  # 
     challenger = train(regression, tmp_path / "t2", name, "sw-2", mp)
     evaluation = evaluate(regression, tmp_path / "eval", name, challenger.model_version)
     assert evaluation.champion.comparable is False and "multiclass" in evaluation.champion.reason
+    # Issue 10 changed this: a champion that cannot be compared refuses promotion unless the Param allows it
     decision = promotion(evaluation)
-    assert decision.action == "promote" and "not comparable" in decision.reason
+    assert decision.action == "reject" and "could not be compared" in decision.reason
+    assert "multiclass" in decision.reason and "allow_incomparable_promotion" in decision.reason
 
 
 # --- bad labels ---------------------------------------------------------------------------------------------

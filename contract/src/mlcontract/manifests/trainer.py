@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from mlcontract.manifests.base import Manifest
 from mlcontract.rules import Decision, Score
@@ -25,6 +25,10 @@ def finite(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     if metrics is None:
         return None
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+
+
+# Metrics by name; one that cannot be computed (NaN: one class in the test rows) is None, so manifests stay JSON.
+Metrics = Annotated[dict[str, float | int | None], BeforeValidator(finite)]
 
 
 class TrialManifest(Manifest):
@@ -66,7 +70,7 @@ class TrainManifest(Manifest):
     mlflow_run_id: str
     task: Task = "binary"
     classes: list[str] | None = None  # multiclass: the user's class labels, by class index
-    metrics: dict[str, float | int | None]
+    metrics: Metrics
     threshold: float
     params: dict[str, Any]
     seed: int
@@ -87,11 +91,6 @@ class TrainManifest(Manifest):
     # False when the judged test metric cannot be computed: `challenger` was left where it was
     challenger_alias_set: bool = True
 
-    @field_validator("metrics", mode="before")
-    @classmethod
-    def _finite_metrics(cls, metrics: dict[str, Any]) -> dict[str, Any] | None:
-        return finite(metrics)
-
 
 class ModelEvaluation(BaseModel):
     """One model scored on the test split: its metrics, or why it could not be compared."""
@@ -101,17 +100,11 @@ class ModelEvaluation(BaseModel):
     version: str
     run_id: str | None = None
     comparable: bool
-    metrics: dict[str, float | int | None] | None = None
+    metrics: Metrics | None = None
     reason: str | None = None
     # how the model's features were made: "own snapshot" (rebuilt with its own spec and vocabulary on the
     # test rows), "same snapshot" (it was trained on this snapshot's features) or "test split" (older runs)
     features: str | None = None
-
-    @field_validator("metrics", mode="before")
-    @classmethod
-    def _finite(cls, metrics: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A metric that cannot be computed (NaN: one class in the test rows) is None, so the manifest stays JSON."""
-        return finite(metrics)
 
 
 class ChampionFeaturesManifest(Manifest):
@@ -146,14 +139,9 @@ class EvaluateManifest(Manifest):
     task: Task = "binary"
     # the naive baseline (the train split's class prior / mean, predicted for every row) on the same rows:
     # what a lower-is-better promotion metric must beat
-    baseline: dict[str, float | int | None] | None = None
+    baseline: Metrics | None = None
     challenger: ModelEvaluation
     champion: ModelEvaluation | None = None
-
-    @field_validator("baseline", mode="before")
-    @classmethod
-    def _finite_baseline(cls, baseline: dict[str, Any] | None) -> dict[str, Any] | None:
-        return finite(baseline)
 
 
 class ScoreManifest(Manifest):
