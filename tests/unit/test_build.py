@@ -505,7 +505,15 @@ def test_a_build_in_parts_writes_the_same_snapshot(tmp_path, monkeypatch, split)
     extract = write_extract(tmp_path / "x", ev, spine, ents)
     one_shot = build_features(extract, str(tmp_path / "o1"), str(tmp_path / "s1"), split=split)
     monkeypatch.setattr(compute, "PART_EVENTS", 200)  # about 8 parts of the 1,504 events
+    seen = []  # the events and label rows each computation holds (what bounds the memory)
+
+    def spy(events, spine, *args):
+        seen.append((events.select(pl.len()).collect().item(), spine.select(pl.len()).collect().item()))
+        return compute_features(events, spine, *args)
+
+    monkeypatch.setattr(compute, "compute_features", spy)
     in_parts = build_features(extract, str(tmp_path / "o2"), str(tmp_path / "s2"), split=split)
+    assert len(seen) == 8 and max(n for n, _ in seen) <= 2 * 200 and sum(r for _, r in seen) == spine.height
     assert in_parts.snapshot_hash == one_shot.snapshot_hash
     assert in_parts.model_dump(include={"rows", "label_rate", "splits", "feature_columns", "feature_bounds"}) == (
         one_shot.model_dump(include={"rows", "label_rate", "splits", "feature_columns", "feature_bounds"})
