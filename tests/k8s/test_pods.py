@@ -54,7 +54,7 @@ def cluster_pods():
 def test_every_training_step_has_a_pod(cluster_pods):
     tasks = {task for dag, task in cluster_pods if dag == "ml_model_training"}
     assert tasks == {"extract", "validate_raw", "build_features", "validate_features", "train_trial",
-                     "train_model", "evaluate"}
+                     "train_model", "build_champion_features", "evaluate"}
 
 
 def test_pods_are_valid_kubernetes_objects(cluster_pods):
