@@ -71,7 +71,8 @@ def mlflow_server(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{url}/health", process)
+        # Its first start migrates a new database: minutes when the machine is busy (e.g. after image builds).
+        wait_for_http(f"{url}/health", process, timeout=300)
         yield url
     finally:
         # The server forks workers: stop the whole process group.

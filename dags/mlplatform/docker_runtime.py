@@ -26,6 +26,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 GPU_RESOURCE = "nvidia.com/gpu"
 STOP_GRACE_SECONDS = 30
+KILLED_EXIT_CODE = 137  # what a shell reports for a process ended by SIGKILL
 # Where data lives on the host for URIs of these schemes (the path part of the URI).
 HOST_PATH_SCHEMES = ("file", "sqlite")
 
@@ -189,7 +190,7 @@ class DockerStep:
             os.makedirs(path, exist_ok=True)
         self._check_artifact_root(artifact_root, kwargs["user"])
         try:
-            self._container = client.containers.run(**kwargs)
+            container = self._container = client.containers.run(**kwargs)
         except docker.errors.ImageNotFound:
             raise DockerRuntimeError(
                 f"image {kwargs['image']} is not on the Docker engine and cannot be pulled: build it (`make images`)"
@@ -197,12 +198,17 @@ class DockerStep:
         except docker.errors.APIError as error:
             raise DockerRuntimeError(f"the Docker engine refused the step's container: {error.explanation}") from None
         try:
-            self._container.reload()
-            log.info("%s", describe(self._container.attrs))
-            stream_lines(self._container.logs(stream=True, follow=True), log)
-            status = self._container.wait()
-            self._container.reload()
-            if self._container.attrs["State"].get("OOMKilled"):
+            container.reload()
+            log.info("%s", describe(container.attrs))
+            stream_lines(container.logs(stream=True, follow=True), log)
+            try:
+                status = container.wait()
+                container.reload()
+            except docker.errors.NotFound:
+                # `stop` (the task was killed) removed it meanwhile.
+                log.error("container %s was stopped and removed: the task was killed", kwargs["name"])
+                return KILLED_EXIT_CODE
+            if container.attrs["State"].get("OOMKilled"):
                 log.error("container %s was killed: out of memory (limit %s bytes)", kwargs["name"],
                           kwargs.get("mem_limit"))
             return int(status.get("StatusCode", 1))
