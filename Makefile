@@ -31,6 +31,7 @@ BENCH_EVENTS ?= 10000000
 BENCH_ARGS ?=
 BENCH_RETAIL_ARGS ?= --sizes 2500,5000,10000 --quality-size 5000
 BENCH_SHAPES_ARGS ?= --customers 10000
+BENCH_EXTRACT_ARGS ?= --events 2000000
 # make bench-scale: sizes in customers x 40 events (10 M and 50 M events), side by side in one run
 SCALE_CUSTOMERS ?= 250000,1250000
 SCALE_ARGS ?=
@@ -110,6 +111,7 @@ bench: venv ## Benchmarks: polars vs DuckDB build, gates; inferred spec vs featu
 	$(BIN)/python bench/bench_features.py --events $(BENCH_EVENTS) $(BENCH_ARGS)
 	$(BIN)/python bench/bench_retail.py $(BENCH_RETAIL_ARGS)
 	$(BIN)/python bench/bench_shapes.py $(BENCH_SHAPES_ARGS)
+	$(BIN)/python bench/bench_extract.py $(BENCH_EXTRACT_ARGS)
 
 bench-scale: venv ## Seed 10 M and 50 M events; extract, gate, build, one trial: wall and peak RSS per step
 	nice -n 10 $(BIN)/python bench/bench_scale.py --customers $(SCALE_CUSTOMERS) $(SCALE_ARGS)

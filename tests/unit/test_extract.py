@@ -332,8 +332,9 @@ def test_sqlite_reads_are_read_only(warehouse):
     with Warehouse(warehouse) as wh:
         with wh.engine.connect() as conn, pytest.raises(sa.exc.OperationalError, match="readonly database"):
             conn.exec_driver_sql("DELETE FROM customers")
-        with wh._adbc_cursor(10) as cursor, pytest.raises(Exception, match="readonly database"):
-            cursor.execute("DELETE FROM customers")
+        with wh.arrow_statement(10) as statement, pytest.raises(Exception, match="readonly database"):
+            statement.set_sql_query("DELETE FROM customers")
+            statement.execute_update()
     with sa.create_engine(warehouse).connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM customers")).scalar() == 600
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import sqlglot
+from sqlglot import dialects as sqlglot_dialects
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
@@ -40,7 +41,8 @@ SESSION_FUNCTIONS = {"set_config", "dblink", "dblink_exec", "dblink_send_query",
 def dialect_of(backend: str) -> str | None:
     """The sqlglot dialect of a SQLAlchemy backend name (None: sqlglot's generic SQL)."""
     name = DIALECTS.get(backend, backend)
-    return name if name in sqlglot.Dialect.classes else None
+    # the names only: Dialect.classes would import every dialect module
+    return name if name in sqlglot_dialects.DIALECT_MODULE_NAMES else None
 
 
 def read_only_query(query: str, param: str, backend: str) -> str:
