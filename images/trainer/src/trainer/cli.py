@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from mlcontract import storage
-from mlcontract.cli import Commands, iso_date, names, run, share
+from mlcontract.cli import Commands, byte_size, iso_date, names, run, share
 from mlcontract.env import StepEnvironment
 from mlcontract.manifests import (
     EvaluateManifest,
@@ -27,6 +27,7 @@ from mlcontract.names import CHAMPION
 from trainer import model
 
 DEVICES = ("cpu", "cuda")
+MEMORY_BUDGET_ENV = "TRAINER_MEMORY_BUDGET"  # the deployment's default (mlplatform.settings)
 
 
 # --- option types ---------------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ def trial(args: argparse.Namespace) -> TrialManifest:
     label = f"trial {args.trial_index}" if by_index else f"trial seed {args.seed}"
     return run_trial(
         args.features, _fit_params(args), args.seed, args.env.output(args.out), device=args.device,
-        log_every=args.log_every, label=label, trial_index=args.trial_index,
+        log_every=args.log_every, label=label, trial_index=args.trial_index, memory_budget=args.memory_budget,
     )
 
 
@@ -153,6 +154,11 @@ def _fitting(sub: argparse.ArgumentParser, env: StepEnvironment, params_required
     sub.add_argument(
         "--log-every", type=int, default=100, metavar="N",
         help="log the validation metric (the task's: AUC, log loss, RMSE) every N boosting rounds",
+    )
+    sub.add_argument(
+        "--memory-budget", type=byte_size, default=os.environ.get(MEMORY_BUDGET_ENV, ""), metavar="SIZE",
+        help="memory the train and valid splits may take (e.g. 2GiB); bigger snapshots are read in batches "
+        f"into xgboost's external memory. Empty or auto: env {MEMORY_BUDGET_ENV}, else half the memory limit",
     )
 
 

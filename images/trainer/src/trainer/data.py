@@ -3,11 +3,15 @@
 The task comes from the build manifest (``task``, and ``classes`` for multiclass): labels are 0/1 for
 binary, class indices 0..K-1 for multiclass (``classes[i]`` is the user's label of index i) and numbers for
 regression.
+
+A split is read whole (:func:`load_snapshot`) or, for training data bigger than memory, batch by batch from
+its parquet row groups (:func:`split_batches`, what xgboost's external memory iterates over).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,6 +73,20 @@ class Snapshot:
     def num_class(self) -> int | None:
         return len(self.build.classes) if self.task == MULTICLASS and self.build.classes else None
 
+    def split_uri(self, name: str) -> str:
+        return storage.join_uri(self.snapshot_uri, f"{name}.parquet")
+
+    def split_rows(self, name: str) -> int:
+        """A split's row count from its parquet footer, without reading its data."""
+        import pyarrow.parquet as pq
+
+        uri = self.split_uri(name)
+        if not storage.exists(uri):
+            raise StepInputError(f"split {name!r} not found: {uri}")
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+
     def train_labels(self) -> np.ndarray:
         """The train split's labels alone (for the naive baseline), without reading its features."""
         if "train" in self.splits:
@@ -82,12 +100,8 @@ class Snapshot:
         return self.splits[name]
 
 
-def load_snapshot(features_dir: str, splits: tuple[str, ...] = SPLITS) -> Snapshot:
-    """Read the build step's manifest in ``features_dir`` and load the named splits of its snapshot.
-
-    Raises :class:`~mlcontract.errors.StepInputError` naming the file or column when the snapshot is not
-    what the contract says.
-    """
+def read_snapshot(features_dir: str) -> Snapshot:
+    """The snapshot the build step's manifest in ``features_dir`` describes, no split read yet."""
     build = BuildManifest.read(features_dir)
     if not build.feature_columns:
         raise StepInputError(f"{features_dir}: build manifest lists no feature_columns")
@@ -95,7 +109,16 @@ def load_snapshot(features_dir: str, splits: tuple[str, ...] = SPLITS) -> Snapsh
         raise StepInputError(
             f"{features_dir}: a multiclass snapshot must list its classes (at least 2), got {build.classes}"
         )
-    snapshot = Snapshot(features_dir=features_dir, build=build)
+    return Snapshot(features_dir=features_dir, build=build)
+
+
+def load_snapshot(features_dir: str, splits: tuple[str, ...] = SPLITS) -> Snapshot:
+    """Read the build step's manifest in ``features_dir`` and load the named splits of its snapshot.
+
+    Raises :class:`~mlcontract.errors.StepInputError` naming the file or column when the snapshot is not
+    what the contract says.
+    """
+    snapshot = read_snapshot(features_dir)
     for name in splits:
         snapshot.splits[name] = _read_split(snapshot, name)
     log.info(
@@ -108,18 +131,46 @@ def load_snapshot(features_dir: str, splits: tuple[str, ...] = SPLITS) -> Snapsh
 
 
 def _read_split(snapshot: Snapshot, name: str) -> Split:
-    uri = storage.join_uri(snapshot.snapshot_uri, f"{name}.parquet")
+    uri = snapshot.split_uri(name)
     if not storage.exists(uri):
         raise StepInputError(f"split {name!r} not found: {uri}")
     frame = storage.read_parquet(uri)
     required = [*KEY_COLUMNS, LABEL, *snapshot.feature_columns]
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise StepInputError(f"{uri}: missing columns {missing}")
+    _check_columns(frame.columns, required, uri)
     if frame.height == 0:
         raise StepInputError(f"{uri}: split {name!r} is empty")
     check_labels(frame[LABEL], snapshot.build, uri)
     return Split(name, frame.select(required))
+
+
+def _check_columns(found: list[str], required: list[str], uri: str) -> None:
+    missing = [c for c in required if c not in found]
+    if missing:
+        raise StepInputError(f"{uri}: missing columns {missing}")
+
+
+def split_batches(snapshot: Snapshot, name: str, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(features, labels) of a split, at most ``batch_rows`` rows at a time, read row group by row group:
+    the same values and checks as :meth:`Split.features` and :attr:`Split.label` on the whole split, with
+    one row group and one batch in memory."""
+    import pyarrow.parquet as pq
+
+    uri = snapshot.split_uri(name)
+    if not storage.exists(uri):
+        raise StepInputError(f"split {name!r} not found: {uri}")
+    columns = snapshot.feature_columns
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        _check_columns(parquet.schema_arrow.names, [*KEY_COLUMNS, LABEL, *columns], uri)
+        if parquet.metadata.num_rows == 0:
+            raise StepInputError(f"{uri}: split {name!r} is empty")
+        # One row group read at a time: pyarrow's iter_batches reads ahead and held several times more.
+        for group in range(parquet.num_row_groups):
+            for batch in parquet.read_row_group(group, columns=[LABEL, *columns]).to_batches(batch_rows):
+                split = Split(name, pl.from_arrow(batch))
+                check_labels(split.frame[LABEL], snapshot.build, uri)
+                yield split.features(columns), split.label
 
 
 def check_labels(labels: pl.Series, build: BuildManifest, where: str) -> None:

@@ -2,14 +2,22 @@
 
 No MLflow here: the Airflow DAG imports :func:`search_space` to fan out trials, so this module must stay
 light (xgboost and numpy are imported lazily where they are needed).
+
+Training data bigger than memory: when a snapshot's train and valid splits would take more than the memory
+budget in memory (:func:`data_plan`), the fit reads them batch by batch from their parquet row groups into
+xgboost's external memory (``ExtMemQuantileDMatrix``, its quantised pages cached on disk for CPU, in host
+memory for CUDA) instead of into one matrix. Same trees either way up to the quantile sketch, which is
+computed over batches instead of over the whole matrix.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +51,16 @@ IGNORED_KEYS = frozenset({"best_iteration"})
 ALIASES = {"eta": "learning_rate", "lambda": "reg_lambda", "alpha": "reg_alpha"}
 INT_KEYS = frozenset({"max_depth", "max_bin", "n_estimators", "early_stopping_rounds"})
 
+# The in-memory fit holds, per feature value of train and valid: the split as read (8-byte columns), its
+# float32 copy and the quantised matrix (1 byte up to 256 bins), with allocator slack: measured 21-25 B
+# (peak anonymous memory of a trial over 250 k x 20 and 125 k x 150 values).
+IN_MEMORY_BYTES_PER_VALUE = 24
+# Without an explicit budget, the training data may take this share of the memory the process may use (its
+# cgroup's limit in a pod, else the machine's): the rest is xgboost's own working memory and the booster.
+DEFAULT_BUDGET_SHARE = 0.5
+# Rows per external-memory batch: large enough for xgboost's page sizes, small next to any budget (50
+# float32 features: 50 MB).
+EXTERNAL_BATCH_ROWS = 250_000
 
 
 @dataclass(frozen=True)
@@ -159,6 +177,49 @@ class FitResult:
     seconds: float
     device: str
     task: str = BINARY
+    external_memory: bool = False
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """How a fit reads its data: in memory, or in external memory when the estimate exceeds the budget."""
+
+    external: bool
+    estimated_bytes: int  # of the in-memory fit's data (train and valid)
+    budget_bytes: int
+    rows: int  # train and valid
+
+    def describe(self) -> str:
+        how = "external memory" if self.external else "in memory"
+        return (f"{how}: {self.rows:,} rows need about {self.estimated_bytes / 2**20:,.0f} MiB in memory, "
+                f"budget {self.budget_bytes / 2**20:,.0f} MiB")
+
+
+def memory_limit() -> int:
+    """Bytes this process may use: its cgroup's memory limit (a pod's), else the machine's memory."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            return min(int(text), physical)
+    return physical
+
+
+def default_memory_budget() -> int:
+    return int(memory_limit() * DEFAULT_BUDGET_SHARE)
+
+
+def data_plan(snapshot: Snapshot, budget_bytes: int | None = None) -> DataPlan:
+    """In memory or external memory for a fit on ``snapshot``'s train and valid splits, from their row
+    counts (parquet footers, nothing read) and ``budget_bytes`` (default: :func:`default_memory_budget`)."""
+    budget = default_memory_budget() if budget_bytes is None else budget_bytes
+    rows = sum(snapshot.split_rows(name) for name in ("train", "valid"))
+    estimated = rows * len(snapshot.feature_columns) * IN_MEMORY_BYTES_PER_VALUE
+    return DataPlan(external=estimated > budget, estimated_bytes=estimated, budget_bytes=budget, rows=rows)
 
 
 def progress_callback(every: int, total: int, label: str, metric: str = "auc") -> xgb.callback.TrainingCallback:
@@ -193,12 +254,102 @@ def fit(
     import xgboost as xgb
 
     resolved = resolve_params(params)
-    metric = objective(task).metric
     (x_train, y_train), (x_valid, y_valid) = train, valid
     dtrain = xgb.QuantileDMatrix(
         x_train, label=y_train, feature_names=feature_names, max_bin=resolved["max_bin"]
     )
     dvalid = xgb.QuantileDMatrix(x_valid, label=y_valid, feature_names=feature_names, ref=dtrain)
+    return boost(dtrain, dvalid, resolved, seed, device, log_every, label, task, num_class)
+
+
+def fit_external(
+    train: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+    valid: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+    feature_names: list[str],
+    params: Mapping[str, Any] | None,
+    seed: int,
+    device: str = "cpu",
+    log_every: int = 100,
+    label: str = "fit",
+    task: str = BINARY,
+    num_class: int | None = None,
+    cache_dir: str | None = None,
+) -> FitResult:
+    """:func:`fit` in xgboost's external memory: ``train`` and ``valid`` each start a fresh pass over
+    (features, labels) batches; only one batch and xgboost's quantised pages are held at a time (the pages
+    in files under ``cache_dir`` on CPU, in host memory on CUDA)."""
+    import xgboost as xgb
+
+    resolved = resolve_params(params)
+    with tempfile.TemporaryDirectory(prefix="xgb-extmem-", dir=cache_dir) as cache:
+        dtrain = xgb.ExtMemQuantileDMatrix(
+            batch_iterator(train, feature_names, device, os.path.join(cache, "train")), max_bin=resolved["max_bin"]
+        )
+        dvalid = xgb.ExtMemQuantileDMatrix(
+            batch_iterator(valid, feature_names, device, os.path.join(cache, "valid")), ref=dtrain
+        )
+        result = boost(dtrain, dvalid, resolved, seed, device, log_every, label, task, num_class)
+        del dtrain, dvalid  # xgboost removes its cache files when the matrices go, before the folder does
+    return result
+
+
+def batch_iterator(
+    batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], feature_names: list[str], device: str,
+    cache_prefix: str,
+) -> xgb.DataIter:
+    """An ``xgboost.DataIter`` over the batches ``batches()`` yields (one pass per xgboost reset); the class
+    is made here so that importing this module needs no xgboost."""
+    import xgboost as xgb
+
+    class Batches(xgb.DataIter):
+        def __init__(self) -> None:
+            self._pass: Iterator[tuple[np.ndarray, np.ndarray]] | None = None
+            # CUDA: the pages stay in host memory (xgboost's default and fastest for the GPU); CPU: files.
+            super().__init__(cache_prefix=cache_prefix, on_host=device == "cuda")
+
+        def next(self, input_data: Callable) -> bool:
+            if self._pass is None:
+                self._pass = batches()
+            batch = next(self._pass, None)
+            if batch is None:
+                return False
+            x, y = batch
+            if device == "cuda":
+                x, y = on_device(x), on_device(y)
+            input_data(data=x, label=y, feature_names=feature_names)
+            return True
+
+        def reset(self) -> None:
+            self._pass = None
+
+    return Batches()
+
+
+def on_device(array: np.ndarray) -> Any:
+    """A batch copied to the GPU when CuPy is there (xgboost builds CUDA pages from device arrays without
+    another copy); the host array otherwise (xgboost copies it)."""
+    try:
+        import cupy
+    except ImportError:
+        return array
+    return cupy.asarray(array)
+
+
+def boost(
+    dtrain: xgb.DMatrix,
+    dvalid: xgb.DMatrix,
+    resolved: dict[str, Any],
+    seed: int,
+    device: str,
+    log_every: int,
+    label: str,
+    task: str,
+    num_class: int | None,
+) -> FitResult:
+    """``xgboost.train`` with early stopping on ``dvalid`` (the task's metric), sliced to the best iteration."""
+    import xgboost as xgb
+
+    metric = objective(task).metric
     total = resolved["n_estimators"]
     started = time.perf_counter()
     booster = xgb.train(
@@ -226,13 +377,40 @@ def fit(
         seconds,
         device,
     )
-    return FitResult(best, resolved, best_iteration, valid_metric, metric, rounds, seconds, device, task)
+    return FitResult(best, resolved, best_iteration, valid_metric, metric, rounds, seconds, device, task,
+                     external_memory=isinstance(dtrain, xgb.ExtMemQuantileDMatrix))
 
 
-def fit_snapshot(snapshot: Snapshot, params: Mapping[str, Any] | None, seed: int, **options: Any) -> FitResult:
+def fit_snapshot(
+    snapshot: Snapshot,
+    params: Mapping[str, Any] | None,
+    seed: int,
+    memory_budget: int | None = None,
+    plan: DataPlan | None = None,
+    batch_rows: int = EXTERNAL_BATCH_ROWS,
+    **options: Any,
+) -> FitResult:
     """:func:`fit` on a snapshot's train split, early-stopped on its valid split (trials and the final fit),
-    for the snapshot's task; ``options`` are :func:`fit`'s ``device``, ``log_every`` and ``label``."""
+    for the snapshot's task; ``options`` are :func:`fit`'s ``device``, ``log_every`` and ``label``.
+
+    In memory when the splits fit ``memory_budget`` (bytes; default :func:`default_memory_budget`), else
+    :func:`fit_external` over their parquet row groups, ``batch_rows`` at a time (see :func:`data_plan`;
+    ``plan`` decides instead). Splits already loaded into ``snapshot`` are used as they are."""
+    from trainer.data import load_snapshot, split_batches
+
     columns = snapshot.feature_columns
+    loaded = "train" in snapshot.splits and "valid" in snapshot.splits
+    plan = plan or (None if loaded and memory_budget is None else data_plan(snapshot, memory_budget))
+    if plan is not None:
+        log.info("%s: training data %s", options.get("label", "fit"), plan.describe())
+    if plan is not None and plan.external:
+        return fit_external(
+            lambda: split_batches(snapshot, "train", batch_rows),
+            lambda: split_batches(snapshot, "valid", batch_rows),
+            columns, params, seed, task=snapshot.task, num_class=snapshot.num_class, **options,
+        )
+    if not loaded:
+        snapshot = load_snapshot(snapshot.features_dir, splits=("train", "valid"))
     train, valid = snapshot["train"], snapshot["valid"]
     return fit(
         (train.features(columns), train.label), (valid.features(columns), valid.label), columns, params, seed,

@@ -16,7 +16,7 @@ from mlcontract.manifests import TrialManifest
 from mlcontract.names import BINARY
 
 from trainer import model
-from trainer.data import load_snapshot
+from trainer.data import read_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,14 @@ def run_trial(
     log_every: int = 100,
     label: str = "trial",
     trial_index: int | None = None,
+    memory_budget: int | None = None,
 ) -> TrialManifest:
+    """``memory_budget``: bytes the splits may take in memory (:func:`trainer.model.data_plan`); bigger ones
+    are trained on from their parquet row groups in xgboost's external memory."""
     started = time.perf_counter()
-    snapshot = load_snapshot(features_dir, splits=("train", "valid"))
-    result = model.fit_snapshot(snapshot, params, seed, device=device, log_every=log_every, label=label)
+    snapshot = read_snapshot(features_dir)
+    plan = model.data_plan(snapshot, memory_budget)
+    result = model.fit_snapshot(snapshot, params, seed, plan=plan, device=device, log_every=log_every, label=label)
     manifest = TrialManifest(
         params=result.params,
         seed=seed,
@@ -47,7 +51,7 @@ def run_trial(
         rounds=result.rounds,
         device=device,
         snapshot_hash=snapshot.snapshot_hash,
-        rows={name: len(snapshot[name]) for name in ("train", "valid")},
+        rows={name: snapshot.split_rows(name) for name in ("train", "valid")},
         fit_seconds=round(result.seconds, 3),
         seconds=round(time.perf_counter() - started, 3),
     )
