@@ -111,6 +111,7 @@ bench: venv ## Benchmarks: polars vs DuckDB build, gates; inferred spec vs featu
 	$(BIN)/python bench/bench_features.py --events $(BENCH_EVENTS) $(BENCH_ARGS)
 	$(BIN)/python bench/bench_retail.py $(BENCH_RETAIL_ARGS)
 	$(BIN)/python bench/bench_shapes.py $(BENCH_SHAPES_ARGS)
+	$(BIN)/python bench/bench_demo.py
 	$(BIN)/python bench/bench_extract.py $(BENCH_EXTRACT_ARGS)
 
 bench-scale: venv ## Seed 10 M and 50 M events; extract, gate, build, one trial: wall and peak RSS per step
