@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     gpu_pool_slots: int = env("GPU_POOL_SLOTS", 1, ge=1)
     keep_failed_pods: bool = env("KEEP_FAILED_PODS", True)
     task_retries: int = env("TASK_RETRIES", 2, ge=0)
+    # Memory a trainer step's train+valid data may take before it trains from xgboost's external memory
+    # (e.g. 6GiB); empty: half the trainer pod's memory limit (trainer.model.default_memory_budget).
+    trainer_memory_budget: str = env("TRAINER_MEMORY_BUDGET", "")
 
     @field_validator("gpu_node_selector", mode="before")
     @classmethod
@@ -103,6 +106,15 @@ class Settings(BaseSettings):
             if not isinstance(value, list):
                 raise ValueError("must be a JSON list of Secret names")  # noqa: TRY004 (pydantic reports ValueError)
         return value
+
+    @field_validator("trainer_memory_budget")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        from mlcontract.cli import parse_size
+
+        if value.strip() and value.strip().lower() != "auto":
+            parse_size(value)  # raises ValueError naming the value
+        return value.strip()
 
     @field_validator("features_image_digest", "trainer_image_digest")
     @classmethod

@@ -125,6 +125,8 @@ def _env(family: StepFamily, settings: Settings) -> list[k8s.V1EnvVar]:
         plain["AWS_ENDPOINT_URL"] = settings.object_store_endpoint
     if settings.object_store_region:
         plain["AWS_DEFAULT_REGION"] = settings.object_store_region
+    if settings.trainer_memory_budget and family.module == "trainer":
+        plain["TRAINER_MEMORY_BUDGET"] = settings.trainer_memory_budget  # the trainer CLI's default
     env = [k8s.V1EnvVar(name=name, value=value) for name, value in plain.items()]
     if family.needs_warehouse:
         env.append(_secret_env("WAREHOUSE_URI", settings.warehouse_secret_name, "uri"))

@@ -23,6 +23,7 @@ NOT_SET_BY_THE_CHART = {
     "AWS_DEFAULT_REGION": "set only when objectStore.region is (empty: the SDK's default)",
     "KEEP_FAILED_PODS": "default true; pipeline.extraSettings can override it",
     "TASK_RETRIES": "default 2; pipeline.extraSettings can override it",
+    "TRAINER_MEMORY_BUDGET": "default: half the trainer pod's memory limit; pipeline.extraSettings can override it",
 }
 
 

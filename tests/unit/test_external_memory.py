@@ -180,3 +180,19 @@ def test_a_split_without_a_feature_column_is_one_line(snapshots, tmp_path):
     renamed = data.Snapshot(snapshot.features_dir, snapshot.build.model_copy(update={"snapshot_uri": tmp_path.as_uri()}))
     with pytest.raises(StepInputError, match=r"train.parquet: missing columns \['f003'\]"):
         next(data.split_batches(renamed, "train", 100))
+
+
+def test_the_deployment_budget_reaches_trainer_pods_only(monkeypatch):
+    from mlplatform.settings import Settings
+    from mlplatform.steps import FEATURES, TRAINER_CPU, TRAINER_GPU, pod_kwargs
+
+    def budget_env(family) -> list[str]:
+        return [v.value for v in pod_kwargs(family, Settings())["env_vars"] if v.name == "TRAINER_MEMORY_BUDGET"]
+
+    assert budget_env(TRAINER_GPU) == []  # unset: the trainer's own default
+    monkeypatch.setenv("TRAINER_MEMORY_BUDGET", "6GiB")
+    assert budget_env(TRAINER_GPU) == budget_env(TRAINER_CPU) == ["6GiB"]
+    assert budget_env(FEATURES) == []
+    monkeypatch.setenv("TRAINER_MEMORY_BUDGET", "lots")
+    with pytest.raises(ValueError, match=r"TRAINER_MEMORY_BUDGET\n.*'lots' is not a size"):
+        Settings()
