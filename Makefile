@@ -111,8 +111,8 @@ bench: venv ## Benchmarks: polars vs DuckDB build, gates; inferred spec vs featu
 	$(BIN)/python bench/bench_features.py --events $(BENCH_EVENTS) $(BENCH_ARGS)
 	$(BIN)/python bench/bench_retail.py $(BENCH_RETAIL_ARGS)
 	$(BIN)/python bench/bench_shapes.py $(BENCH_SHAPES_ARGS)
-	$(BIN)/python bench/bench_demo.py
 	$(BIN)/python bench/bench_extract.py $(BENCH_EXTRACT_ARGS)
+	$(BIN)/python bench/bench_demo.py
 
 bench-scale: venv ## Seed 10 M and 50 M events; extract, gate, build, one trial: wall and peak RSS per step
 	nice -n 10 $(BIN)/python bench/bench_scale.py --customers $(SCALE_CUSTOMERS) $(SCALE_ARGS)
@@ -173,7 +173,10 @@ images: ## Build the features, trainer, MLflow server and Airflow images (needs 
 	$(DOCKER) run --rm --network host --read-only --tmpfs /tmp -e AIRFLOW_HOME=/tmp/airflow \
 		mlplatform/airflow:$(IMAGE_TAG) python -c "$$AIRFLOW_IMAGE_CHECK"
 
+# It must also import the auth manager and executor the chart configures (helm/mlplatform/values.yaml).
 export AIRFLOW_IMAGE_CHECK := from airflow.dag_processing.dagbag import DagBag; \
+	from airflow.providers.fab.auth_manager.fab_auth_manager import FabAuthManager; \
+	from airflow.providers.cncf.kubernetes.executors.kubernetes_executor import KubernetesExecutor; \
 	bag = DagBag('/opt/airflow/dags'); \
 	assert bag.dags and not bag.import_errors, bag.import_errors or 'no DAGs'; \
 	print(f'mlplatform/airflow: {len(bag.dags)} DAGs parse with no import error: {sorted(bag.dags)}')

@@ -109,6 +109,22 @@ def test_airflow_image_runs_as_the_official_images_user():
     assert ("COPY", "--chown=50000:0 dags /opt/airflow/dags") in steps
 
 
+def test_airflow_image_installs_the_auth_manager_and_executor_the_chart_configures():
+    """The chart runs our Airflow image: the provider of its auth manager and of its executor must be in it
+    (without the FAB provider the API server cannot start and createUserJob has no `airflow users`)."""
+    import yaml
+
+    airflow_values = yaml.safe_load((REPO_ROOT / "helm/mlplatform/values.yaml").read_text())["airflow"]
+    configured = [airflow_values["config"]["core"]["auth_manager"], airflow_values["executor"]]
+    provider_of = {"airflow.providers.fab.": "apache-airflow-providers-fab",
+                   "KubernetesExecutor": "apache-airflow-providers-cncf-kubernetes"}
+    text = ALL_IMAGES["airflow"].read_text()
+    for setting in configured:
+        distribution = next(dist for prefix, dist in provider_of.items() if setting.startswith(prefix))
+        assert re.search(rf'^\s+"?{re.escape(distribution)}\b', text, re.MULTILINE), (setting, distribution)
+    assert "FabAuthManager" in (REPO_ROOT / "Makefile").read_text(), "make images imports the auth manager"
+
+
 @pytest.mark.parametrize("name", ALL_IMAGES)
 def test_builds_without_reaching_an_image_registry(name):
     """Bases are build arguments (`make images` passes the local ones), no frontend image is pulled, and uv
