@@ -43,7 +43,7 @@ SERVE_PORT ?= 5001
 # module per worker (its tests share a platform). PYTEST_PARALLEL= runs them in one process.
 PYTEST_PARALLEL ?= -n auto --dist loadfile
 
-.PHONY: help venv seed airflow-db pools run summary test test-fast test-scheduler test-ui test-containers ui serve request bench bench-scale chart-deps render docker-engine base-images images kind-test clean
+.PHONY: help venv seed airflow-db pools run summary test test-fast test-shapes test-scheduler test-ui test-containers ui serve request bench bench-scale chart-deps render docker-engine base-images images kind-test clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -85,7 +85,10 @@ test: venv ## Run the tests (unit, DAG, pod and chart, end to end)
 	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 test-fast: venv ## Run the tests without the end-to-end tier
-	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not e2e and not scheduler and not ui and not containers"
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not e2e and not scheduler and not ui and not containers and not shapes"
+
+test-shapes: venv ## Every generated data shape (retail, feature table, multiclass, regression) through the DAG (minutes)
+	$(BIN)/pytest -m shapes tests/e2e/test_own_data.py
 
 test-scheduler: venv ## The real scheduler + REST API tier: a manual run with Params, as from the UI (minutes)
 	$(BIN)/pytest -m scheduler

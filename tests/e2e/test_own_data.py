@@ -16,7 +16,9 @@ import pytest
 from e2e_helpers import make_platform, run_dag
 from mlcontract.manifests import SeedManifest
 
-pytestmark = pytest.mark.e2e
+# Four whole DAG runs on data of its own: a tier of its own (`make test-shapes`, run by .ci/run), so that
+# `make test` stays well under 15 minutes on two cores.
+pytestmark = [pytest.mark.e2e, pytest.mark.shapes]
 
 DAG_ID = "ml_model_training"
 # Each shape at the smallest size whose test split is large enough for a stable metric (the generator's
