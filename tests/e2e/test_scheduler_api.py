@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import make_platform
-
 from support import BIN, free_port, stop_group, wait_for_http
 
 # The real scheduler takes minutes: run by `make test-scheduler` (and CI), not by the default `make test`.

@@ -8,7 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
-from mlcontract.manifests import EvaluateManifest, ModelEvaluation, MonitorManifest, SnapshotManifest, TrialManifest
+from mlcontract.manifests import (
+    EvaluateManifest,
+    ModelEvaluation,
+    MonitorManifest,
+    SnapshotManifest,
+    TrialManifest,
+)
 from mlcontract.rules import Score, decide_ab, decide_rollback
 from mlplatform import monitoring, params, scoring, training, xcom
 from mlplatform.deployment import Deployment

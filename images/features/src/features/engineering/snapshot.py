@@ -42,7 +42,6 @@ from features.engineering.compute import (
     fit_categories,
 )
 from features.engineering.spec import FeatureSpec, check_spec, infer_spec
-from features.errors import BuildError
 from features.engineering.split import (
     SPLIT_COLUMN,
     check_split_classes,
@@ -53,6 +52,7 @@ from features.engineering.split import (
     resolve_split,
     split_dates,
 )
+from features.errors import BuildError
 
 log = logging.getLogger(__name__)
 
