@@ -210,6 +210,27 @@ def test_model_module_stays_light():
     assert result.stdout.strip() == "False"
 
 
+def test_trial_imports_xgboost_without_scikit_learn(tmp_path, snapshot):
+    """A trial process never loads scikit-learn (xgboost would import it, 2-3 s, for wrappers nobody uses);
+    scikit-learn still imports afterwards, and xgboost trains as usual."""
+    import subprocess
+    import sys
+
+    features, _ = snapshot
+    code = (
+        "import sys\n"
+        "from trainer.cli import main\n"
+        f"assert main(['trial', '--features', {features!r}, '--params', '{{\"n_estimators\": 5}}',"
+        f" '--seed', '1', '--out', {str(tmp_path / 'trial')!r}]) == 0\n"
+        "print('sklearn' in sys.modules)\n"
+        "import xgboost.compat, sklearn.metrics\n"
+        "print(xgboost.compat.SKLEARN_INSTALLED)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-2:] == ["False", "False"]  # sklearn loaded; xgboost saw no sklearn
+    assert TrialManifest.read(str(tmp_path / "trial")).rounds == 5
+
+
 def test_resolve_params_rejects_unknown_and_ignores_results():
     assert model.resolve_params({"eta": 0.07, "best_iteration": 12})["learning_rate"] == 0.07
     with pytest.raises(ValueError, match="max_depht"):
