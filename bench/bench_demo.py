@@ -5,6 +5,9 @@ Runs `make run` once with its own MLPLATFORM_HOME (a fresh warehouse, Airflow DB
 ``<command> done in S s (process start-up P s)`` (``mlcontract.cli.run``): S is the step's compute, P the
 seconds from process start to the command (interpreter, imports, parsing). The DAG's wall time is Airflow's
 ``run_duration``. Orchestration = wall - sum(S): step start-up, Airflow scheduling and its own tasks.
+Also recorded: each task's wall as `airflow dags test` ran it, and what the heavy imports cost in a fresh
+interpreter (GX in each gate, xgboost in each trial, MLflow in the MLflow steps): the floor under the steps.
+Writes ``--out`` (JSON) and the same tables beside it as Markdown.
 
     .venv/bin/python bench/bench_demo.py                    # one make run (about a minute on a quiet machine)
     .venv/bin/python bench/bench_demo.py --log .local/airflow/dags-test.log
@@ -20,12 +23,25 @@ import re
 import shutil
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+IMPORT_PATHS = ("images/trainer/src", "images/features/src", "contract/src")
 STEP_DONE = re.compile(r"INFO (?P<prog>features|trainer): (?P<command>[\w-]+) done in (?P<seconds>[\d.]+)s "
                        r"\(process start-up (?P<startup>[\d.]+s|unknown)\)")
 RUN_FINISHED = re.compile(r"DagRun Finished: .*?run_duration=(?P<seconds>[\d.]+), state=(?P<state>\w+)")
+TASK_EDGE = re.compile(r"^(?P<at>\S+?)Z? .*\[DAG TEST\] (?P<edge>starting|end) (?:task )?task_id=(?P<task>\S+) "
+                       r"map_index=(?P<index>\S+)", re.MULTILINE)
+# What a step process pays before its own work, per library (fresh interpreter, the fastest of REPEAT):
+# the floor under the gates (GX), the trials (xgboost, as `trainer trial` imports it) and the MLflow steps.
+IMPORTS = {
+    "great_expectations": "import great_expectations.expectations",
+    "xgboost (trial)": "from trainer.cli import import_xgboost_alone; import_xgboost_alone()",
+    "xgboost with scikit-learn": "import xgboost",
+    "mlflow": "import mlflow",
+}
+REPEAT = 2
 
 
 def parse_log(text: str) -> dict:
@@ -47,6 +63,37 @@ def parse_log(text: str) -> dict:
         "orchestration_s": round(wall - compute, 2),
         "orchestration_share": round((wall - compute) / wall, 3) if wall else None,
     }
+
+
+def task_walls(text: str) -> list[dict]:
+    """Each task's wall seconds as `airflow dags test` ran them (one at a time): its step, if any, and
+    Airflow's own work around it (rendering, XCom, state updates; the first task also starts the in-process
+    execution API)."""
+    started: dict[tuple[str, str], datetime] = {}
+    walls = []
+    for match in TASK_EDGE.finditer(text):
+        key, at = (match["task"], match["index"]), datetime.fromisoformat(match["at"])
+        if match["edge"] == "starting":
+            started[key] = at
+        elif key in started:
+            walls.append({"task": key[0] if key[1] == "-1" else f"{key[0]}[{key[1]}]",
+                          "wall_s": round((at - started.pop(key)).total_seconds(), 2)})
+    return walls
+
+
+def import_seconds() -> dict[str, float]:
+    """Wall seconds of each import in :data:`IMPORTS` in a fresh interpreter (the fastest of REPEAT)."""
+    python = ROOT / ".venv" / "bin" / "python"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in IMPORT_PATHS)}
+    seconds = {}
+    for name, statement in IMPORTS.items():
+        runs = []
+        for _ in range(REPEAT):
+            started = time.perf_counter()
+            subprocess.run([str(python), "-c", statement], check=True, env=env, capture_output=True)
+            runs.append(time.perf_counter() - started)
+        seconds[name] = round(min(runs), 2)
+    return seconds
 
 
 def make_run(workdir: Path) -> tuple[str, float]:
@@ -75,19 +122,33 @@ def main() -> None:
         text, make_seconds = args.log.read_text(), None
     else:
         text, make_seconds = make_run(args.workdir)
-    result = {**parse_log(text), "make_run_s": None if make_seconds is None else round(make_seconds, 1),
+    result = {**parse_log(text), "tasks": task_walls(text), "imports_s": import_seconds(), "make_run_s": None if make_seconds is None else round(make_seconds, 1),
               "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in os.getloadavg()],
               "machine": platform.platform(), "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    rows = "\n".join(f"| {s['step']} | {s['compute_s']:.2f} | {s['startup_s']} |" for s in result["steps"])
-    print(f"| step | compute s | start-up s |\n|---|---:|---:|\n{rows}\n\n"
-          f"DAG wall {result['wall_s']} s ({result['state']}), steps computed {result['step_compute_s']} s in "
-          f"{result['step_processes']} processes (their start-up {result['step_startup_s']} s): orchestration "
-          f"{result['orchestration_s']} s = {100 * (result['orchestration_share'] or 0):.0f} % of the run; "
-          f"load average {result['load_average_before']} -> {result['load_average_after']}")
+    text = markdown(result)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
 
+
+def markdown(result: dict) -> str:
+    steps = "\n".join(f"| {s['step']} | {s['compute_s']:.2f} | {s['startup_s']} |" for s in result["steps"])
+    tasks = "\n".join(f"| {t['task']} | {t['wall_s']:.1f} |" for t in result["tasks"])
+    imports = "\n".join(f"| {name} | {seconds:.2f} |" for name, seconds in result["imports_s"].items())
+    return (
+        f"# Demo benchmark: `make run`'s DAG, where its time goes\n\n"
+        f"{result['cpus']} CPUs, {result['machine']}; load average {result['load_average_before']} before, "
+        f"{result['load_average_after']} after. `make run` took {result['make_run_s']} s in all (environment "
+        f"checks, seeding, Airflow DB, the DAG).\n\n"
+        f"**DAG wall {result['wall_s']} s** ({result['state']}); the steps computed {result['step_compute_s']} s "
+        f"in {result['step_processes']} processes (their start-up {result['step_startup_s']} s): orchestration "
+        f"{result['orchestration_s']} s = {100 * (result['orchestration_share'] or 0):.0f} % of the run.\n\n"
+        f"| step | compute s | start-up s |\n|---|---:|---:|\n{steps}\n\n"
+        f"| task (as `airflow dags test` ran it) | wall s |\n|---|---:|\n{tasks}\n\n"
+        f"| import in a fresh process | s |\n|---|---:|\n{imports}\n"
+    )
 
 if __name__ == "__main__":
     main()
