@@ -53,7 +53,9 @@ $(UV):
 	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml contract/pyproject.toml images/features/pyproject.toml images/trainer/pyproject.toml images/mlflow/pyproject.toml
-	$(UV) sync --frozen --all-packages
+	# Bytecode compiled once here: with PYTHONDONTWRITEBYTECODE (CI sets it) or a read-only environment every
+	# process would compile Airflow, MLflow and scikit-learn from source on each import (airflow.sdk: 4.8 s -> 3.1 s)
+	$(UV) sync --frozen --all-packages --compile-bytecode
 	touch $@
 
 venv: $(VENV)/.synced ## Create the environment from the lock file
