@@ -32,33 +32,41 @@ from trainer.cli import main
 FAST = {"learning_rate": 0.3, "max_depth": 4, "n_estimators": 20, "early_stopping_rounds": 10}
 OOM_EXIT = 137  # what a pod killed for memory exits with
 CAP_MIB = 120  # measured: the in-memory fit grows by about 165 MiB, the external-memory fit by 86
-# The child warms up what every fit needs once (thread pools, allocators) on a tiny snapshot, so that the
-# cap is measured against the data-dependent memory only; then a watchdog enforces the cap on RssAnon.
-CAPPED_CHILD = textwrap.dedent("""
-    import os, sys, threading, time
-    from trainer import data, model
-    from trainer.cli import main
+# A capped child calls ``watch(cap)`` once warm: from then on, the moment its resident anonymous memory has
+# grown by more than ``cap`` MiB ("none": never) it exits as an OOM-killed pod would; ``peak[0]``: the growth.
+WATCHDOG = textwrap.dedent("""
+    import os, threading, time
+
+    peak = [0]
 
     def anon_mib():
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) >> 10 for line in status if line.startswith("RssAnon"))
 
+    def watch(cap):
+        base = anon_mib()
+
+        def watchdog():
+            while True:
+                peak[0] = max(peak[0], anon_mib() - base)
+                if cap != "none" and peak[0] > int(cap):
+                    print(f"over the {cap} MiB cap", flush=True)
+                    os._exit(137)
+                time.sleep(0.002)
+
+        threading.Thread(target=watchdog, daemon=True).start()
+""")
+# The child warms up what every fit needs once (thread pools, allocators) on a tiny snapshot, so that the
+# cap is measured against the data-dependent memory only; then the watchdog enforces the cap on RssAnon.
+CAPPED_CHILD = WATCHDOG + textwrap.dedent("""
+    import sys
+    from trainer import data, model
+    from trainer.cli import main
+
     warm = data.read_snapshot(sys.argv[1])
     for budget in (0, None):
         model.fit_snapshot(warm, {"n_estimators": 2}, 1, memory_budget=budget, batch_rows=1000, log_every=100)
-    cap = sys.argv[2]
-    base = anon_mib()
-    peak = [0]
-
-    def watchdog():
-        while True:
-            peak[0] = max(peak[0], anon_mib() - base)
-            if cap != "none" and peak[0] > int(cap):
-                print(f"over the {cap} MiB cap", flush=True)
-                os._exit(137)
-            time.sleep(0.002)
-
-    threading.Thread(target=watchdog, daemon=True).start()
+    watch(sys.argv[2])
     code = main(sys.argv[3:])
     print(f"peak anonymous memory growth {peak[0]} MiB", flush=True)
     sys.exit(code)

@@ -149,28 +149,69 @@ def _check_columns(found: list[str], required: list[str], uri: str) -> None:
         raise StepInputError(f"{uri}: missing columns {missing}")
 
 
-def split_batches(snapshot: Snapshot, name: str, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(features, labels) of a split, at most ``batch_rows`` rows at a time, read row group by row group:
-    the same values and checks as :meth:`Split.features` and :attr:`Split.label` on the whole split, with
-    one row group and one batch in memory."""
+def split_frames(snapshot: Snapshot, name: str, batch_rows: int, columns: list[str]) -> Iterator[pl.DataFrame]:
+    """``columns`` of a split as stored, at most ``batch_rows`` rows at a time, read row group by row group
+    (one row group and one batch in memory); the split must hold the contract's columns and a row."""
     import pyarrow.parquet as pq
 
     uri = snapshot.split_uri(name)
     if not storage.exists(uri):
         raise StepInputError(f"split {name!r} not found: {uri}")
-    columns = snapshot.feature_columns
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as handle:
         parquet = pq.ParquetFile(handle)
-        _check_columns(parquet.schema_arrow.names, [*KEY_COLUMNS, LABEL, *columns], uri)
+        _check_columns(parquet.schema_arrow.names, [*KEY_COLUMNS, LABEL, *snapshot.feature_columns], uri)
         if parquet.metadata.num_rows == 0:
             raise StepInputError(f"{uri}: split {name!r} is empty")
         # One row group read at a time: pyarrow's iter_batches reads ahead and held several times more.
         for group in range(parquet.num_row_groups):
-            for batch in parquet.read_row_group(group, columns=[LABEL, *columns]).to_batches(batch_rows):
-                split = Split(name, pl.from_arrow(batch))
-                check_labels(split.frame[LABEL], snapshot.build, uri)
-                yield split.features(columns), split.label
+            for batch in parquet.read_row_group(group, columns=columns).to_batches(batch_rows):
+                yield pl.from_arrow(batch)
+
+
+def split_batches(snapshot: Snapshot, name: str, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(features, labels) of a split, at most ``batch_rows`` rows at a time, read row group by row group:
+    the same values and checks as :meth:`Split.features` and :attr:`Split.label` on the whole split, with
+    one row group and one batch in memory."""
+    columns = snapshot.feature_columns
+    where = snapshot.split_uri(name)
+    for frame in split_frames(snapshot, name, batch_rows, [LABEL, *columns]):
+        split = Split(name, frame)
+        check_labels(split.frame[LABEL], snapshot.build, where)
+        yield split.features(columns), split.label
+
+
+def split_sample(
+    snapshot: Snapshot, name: str, rows: int, seed: int, columns: list[str], batch_rows: int
+) -> pl.DataFrame:
+    """``rows`` rows of a split drawn uniformly without replacement (seeded; all rows when it has no more),
+    ``columns`` as stored, in file order; read batch by batch, holding the sample and one batch."""
+    total = snapshot.split_rows(name)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(total, size=rows, replace=False)) if total > rows else np.arange(total)
+    pieces, offset = [], 0
+    for frame in split_frames(snapshot, name, batch_rows, columns):
+        start, stop = np.searchsorted(chosen, [offset, offset + frame.height])
+        if stop > start:
+            pieces.append(frame[chosen[start:stop] - offset])
+        offset += frame.height
+    return pl.concat(pieces)
+
+
+def split_head(snapshot: Snapshot, name: str, rows: int) -> pl.DataFrame:
+    """The first ``rows`` rows of a split, its feature columns as stored (the model's input example),
+    decoding only the pages they are on."""
+    import pyarrow.parquet as pq
+
+    uri = snapshot.split_uri(name)
+    if not storage.exists(uri):
+        raise StepInputError(f"split {name!r} not found: {uri}")
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as handle:
+        first = next(pq.ParquetFile(handle).iter_batches(batch_size=rows, columns=snapshot.feature_columns), None)
+    if first is None:
+        raise StepInputError(f"{uri}: split {name!r} is empty")
+    return pl.from_arrow(first)
 
 
 def check_labels(labels: pl.Series, build: BuildManifest, where: str) -> None:

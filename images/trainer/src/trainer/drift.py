@@ -7,6 +7,9 @@ quantile bins for a regression model's predictions, and for multiclass also the 
 class (:func:`category_distribution`). It is stored with the model (``reference/reference.json`` in its
 MLflow run) and serving data is later binned with the *same* cut points, so the two are comparable.
 
+Training data bigger than memory (:func:`streamed_distributions`): the cut points come from a seeded
+sample of the train rows, the shares and row counts from all of them, counted batch by batch.
+
 Bins: ``cuts`` c_0 < … < c_{k-1} make ``k + 1`` value bins ``(-inf, c_0], (c_0, c_1], …, (c_{k-1}, inf)``
 and one more bin for missing values (NaN/null), last. Duplicate quantiles collapse, so a discrete feature
 gets one bin per value and a constant one two bins (``<= c`` and ``> c``), never empty-width bins.
@@ -17,7 +20,7 @@ gives a large but finite term. Rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,7 +81,31 @@ def psi(expected: Sequence[float], actual: Sequence[float], epsilon: float = EPS
 def distribution(values: Any, cuts: Sequence[float] | None = None, bins: int = DEFAULT_BINS) -> dict[str, Any]:
     """A reference entry: cut points (quantiles of ``values`` unless given), bin shares and row count."""
     cuts = quantile_cuts(values, bins) if cuts is None else [float(c) for c in cuts]
-    return {"cuts": cuts, "proportions": proportions(values, cuts), "rows": int(_as_float(values).size)}
+    return counted_distribution(cuts, bin_counts(values, cuts))
+
+
+def counted_distribution(cuts: Sequence[float], counts: Any) -> dict[str, Any]:
+    """A reference entry from its cut points and row counts per bin (:func:`bin_counts`, or their sum over
+    batches)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    shares = [float(c) for c in counts / total] if total else [0.0] * counts.size
+    return {"cuts": [float(c) for c in cuts], "proportions": shares, "rows": total}
+
+
+def streamed_distributions(
+    sample: Mapping[str, Any], batches: Iterable[Mapping[str, Any]], bins: int = DEFAULT_BINS
+) -> dict[str, dict[str, Any]]:
+    """Reference entries of features too big to hold: per feature (the names of ``sample``), quantile cut
+    points of ``sample`` (values of a sample of the rows), then bin shares and row counts over all rows, the
+    ``batches`` (column name -> values) counted one at a time. The same entries as :func:`distribution` when
+    the sample is all the rows."""
+    cuts = {name: quantile_cuts(values, bins) for name, values in sample.items()}
+    counts = {name: np.zeros(len(c) + 2, dtype=np.int64) for name, c in cuts.items()}
+    for batch in batches:
+        for name, feature_cuts in cuts.items():
+            counts[name] += bin_counts(batch[name], feature_cuts)
+    return {name: counted_distribution(cuts[name], counts[name]) for name in cuts}
 
 
 def psi_against(reference_entry: Mapping[str, Any], values: Any, epsilon: float = EPSILON) -> float:
@@ -104,7 +131,18 @@ def category_psi_against(reference_entry: Mapping[str, Any], values: Sequence[An
 
 
 def build_reference(
-    features: Mapping[str, Any],
+    features: Mapping[str, Any], scores: Any, bins: int = DEFAULT_BINS, **options: Any
+) -> dict[str, Any]:
+    """The training reference: per feature (column name → values of the train split) its quantile bins and
+    shares; the model's scores on the test split (the published ``score``: probabilities over fixed bins
+    of [0, 1], a regression's predictions over their quantile bins); multiclass: the predicted classes'
+    shares over ``classes``. ``options``: :func:`reference_of`'s ``task``, ``predicted_classes``, ``classes``."""
+    entries = {name: distribution(values, bins=bins) for name, values in features.items()}
+    return reference_of(entries, scores, bins, **options)
+
+
+def reference_of(
+    feature_entries: Mapping[str, dict[str, Any]],
     scores: Any,
     bins: int = DEFAULT_BINS,
     *,
@@ -112,18 +150,16 @@ def build_reference(
     predicted_classes: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The training reference: per feature (column name → values of the train split) its quantile bins and
-    shares; the model's scores on the test split (the published ``score``: probabilities over fixed bins
-    of [0, 1], a regression's predictions over their quantile bins); multiclass: the predicted classes'
-    shares over ``classes``."""
+    """:func:`build_reference` from per-feature entries already made (:func:`distribution` or
+    :func:`streamed_distributions`)."""
     reference = {
         "version": REFERENCE_VERSION,
         "task": task,
         "bins": bins,
         "epsilon": EPSILON,
         "missing_bin": "last",
-        "feature_columns": list(features),
-        "features": {name: distribution(values, bins=bins) for name, values in features.items()},
+        "feature_columns": list(feature_entries),
+        "features": dict(feature_entries),
         "score": distribution(scores, cuts=None if task == REGRESSION else SCORE_CUTS, bins=bins),
     }
     if predicted_classes is not None:

@@ -58,6 +58,7 @@ IN_MEMORY_BYTES_PER_VALUE = 24
 # Without an explicit budget, the training data may take this share of the memory the process may use (its
 # cgroup's limit in a pod, else the machine's): the rest is xgboost's own working memory and the booster.
 DEFAULT_BUDGET_SHARE = 0.5
+MEMORY_BUDGET_ENV = "TRAINER_MEMORY_BUDGET"  # the deployment's budget (mlplatform.settings passes it to pods)
 # Rows per external-memory batch: large enough for xgboost's page sizes, small next to any budget (50
 # float32 features: 50 MB).
 EXTERNAL_BATCH_ROWS = 250_000
@@ -210,6 +211,16 @@ def memory_limit() -> int:
 
 
 def default_memory_budget() -> int:
+    """The deployment's budget (env ``TRAINER_MEMORY_BUDGET``, e.g. ``6GiB``; empty or ``auto``: none), else
+    :data:`DEFAULT_BUDGET_SHARE` of :func:`memory_limit`. What an empty ``--memory-budget`` means too."""
+    configured = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    if configured and configured.lower() != "auto":
+        from mlcontract.cli import parse_size
+
+        try:
+            return parse_size(configured)
+        except ValueError as error:
+            raise ValueError(f"{MEMORY_BUDGET_ENV}: {error}") from None
     return int(memory_limit() * DEFAULT_BUDGET_SHARE)
 
 
