@@ -43,6 +43,7 @@ from mlplatform.params import (
     in_sections,
     json_arg,
     learning_params,
+    memory_budget_param,
     optional_args,
     optional_column_param,
     optional_entities_param,
@@ -84,6 +85,7 @@ SETTINGS = load_settings()
         "n_trials": Param(8, type="integer", minimum=1, maximum=64, description="Hyperparameter trials."),
         "max_boost_rounds": Param(2000, type="integer", minimum=1, maximum=20000),
         "seed": Param(42, type="integer", minimum=0, description="Seed of the search and of every fit."),
+        "memory_budget": memory_budget_param(),
         "promotion_threshold": Param(
             0.7, type="number", minimum=0.5, maximum=1.0,
             description="binary: minimum test AUC (multiclass and regression models must beat the naive baseline).",
@@ -183,6 +185,7 @@ def ml_model_training():
             "--params", pull("select_best_trial", then="['params'] | tojson"),
             *param_args("seed"),
             "--max-rounds", "{{ params.max_boost_rounds }}",
+            *optional_args("memory_budget"),  # empty: the deployment's budget (the trainer's default)
             "--model-name", SETTINGS.registered_model_name,
             "--validations", step_dir("validate_raw"), step_dir("validate_features"),
         ],

@@ -37,6 +37,9 @@ EVENTS_TABLE_DESCRIPTION = "Warehouse table of timestamped events."
 SAMPLE_DATE = "2026-01-04"  # what a resolved date renders as in `make render`
 OPTIONAL = ["null", "string"]  # an optional string field of the form (empty: null)
 OPTIONAL_IDENTIFIER_PATTERN = optional_pattern(IDENTIFIER_PATTERN)
+# A byte size as the trainer reads it (mlcontract.cli.parse_size: 6GiB, 512MiB, 2G, bytes), or empty. JSON
+# Schema patterns have no flags: the units' case is spelt out.
+OPTIONAL_SIZE_PATTERN = r"^(|\s*\d+(\.\d+)?\s*([KkMmGgTt][Ii]?[Bb]?|[Bb])?\s*)$"
 
 # Sections of the trigger forms, in pipeline order (Airflow shows each as a collapsible group).
 TRAINING_FORM = {
@@ -44,7 +47,7 @@ TRAINING_FORM = {
                "labels_query", "entities_table", "entity_key", "timestamp_column", "snapshot_column",
                "label_column", "cutoff", "min_event_rows"),
     "Features": ("feature_spec", "split", "split_seed"),
-    "Training": ("task", "n_trials", "max_boost_rounds", "seed"),
+    "Training": ("task", "n_trials", "max_boost_rounds", "seed", "memory_budget"),
     "Promotion": ("promotion_threshold", "promotion_margin", "allow_incomparable_promotion"),
     "Deployment": ("deploy_mode", "challenger_share"),
 }
@@ -140,6 +143,30 @@ def learning_params() -> dict[str, Param]:
         ),
         "split_seed": Param(42, type="integer", minimum=0, description="Seed of the entity split."),
     }
+
+
+def memory_budget_param() -> Param:
+    """The trainer's memory budget for this run (empty: the deployment's, TRAINER_MEMORY_BUDGET)."""
+    return Param(
+        None, type=OPTIONAL, pattern=OPTIONAL_SIZE_PATTERN,
+        description="Memory the training data may take in a trial or the final fit, e.g. 6GiB or 512MiB: a bigger "
+        "train + valid split is read batch by batch into xgboost's external memory instead. Empty: the "
+        "deployment's budget (TRAINER_MEMORY_BUDGET), else half the trainer pod's memory.",
+    )
+
+
+def memory_budget(params: dict[str, Any]) -> str:
+    """The ``memory_budget`` Param, checked as the trainer reads it ('' when not given); ValueError naming the
+    Param otherwise."""
+    from mlcontract.cli import parse_size
+
+    value = (params.get("memory_budget") or "").strip()
+    if value:
+        try:
+            parse_size(value)
+        except ValueError as error:
+            raise ValueError(f"Param memory_budget: {error}") from None
+    return value
 
 
 def column_params(**defaults: str) -> dict[str, Param]:

@@ -16,6 +16,7 @@ from mlcontract.registry import version_by_alias
 from mlcontract.rules import PROMOTE, Decision, Score, TaskMetric, decide_promotion, task_metric
 
 from mlplatform import deployment, registry
+from mlplatform.params import memory_budget
 from mlplatform.scoring import SNAPSHOT_TAG
 from mlplatform.settings import Settings, load_settings
 from mlplatform.steps import read_step_manifest
@@ -35,21 +36,25 @@ def challenger_version(dag_id: str, run_id: str) -> str:
 
 
 def trial_arguments(
-    artifact_root: str, dag_id: str, run_id: str, *, n_trials: int, seed: int, max_rounds: int
+    artifact_root: str, dag_id: str, run_id: str, *, n_trials: int, seed: int, max_rounds: int,
+    memory_budget: str = "",
 ) -> list[list[str]]:
-    """CLI arguments of each hyperparameter trial; one mapped trainer pod per entry."""
+    """CLI arguments of each hyperparameter trial; one mapped trainer pod per entry. ``memory_budget``: the
+    Param (a size), passed when given; the trainer's default (the deployment's budget) otherwise."""
     features = layout.step_dir(artifact_root, dag_id, run_id, "build_features")
+    budget = ["--memory-budget", memory_budget] if memory_budget else []
     return [
         ["trial", "--features", features, "--trial-index", str(index), "--n-trials", str(n_trials),
-         "--seed", str(seed), "--max-rounds", str(max_rounds)]
+         "--seed", str(seed), "--max-rounds", str(max_rounds), *budget]
         for index in range(n_trials)
     ]
 
 
 def plan_trials(params: dict[str, Any], dag_id: str, run_id: str) -> list[list[str]]:
+    """The trials' arguments; a bad ``memory_budget`` fails here, naming the Param, before any pod starts."""
     return trial_arguments(
         load_settings().artifact_root, dag_id, run_id, n_trials=int(params["n_trials"]), seed=int(params["seed"]),
-        max_rounds=int(params["max_boost_rounds"]),
+        max_rounds=int(params["max_boost_rounds"]), memory_budget=memory_budget(params),
     )
 
 

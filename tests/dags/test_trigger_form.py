@@ -67,6 +67,7 @@ def test_training_sections_read_like_the_pipeline(dagbag):
     ("ml_model_training", {"entities_table": "a b"}), ("ml_model_training", {"snapshot_column": "as of"}),
     ("batch_prediction", {"score_date": "tomorrow"}), ("batch_prediction", {"signup_column": "signed up"}),
     ("model_monitoring", {"drift_ignore_features": "a; b"}), ("model_monitoring", {"labels_table": "x y"}),
+    ("ml_model_training", {"memory_budget": "lots"}), ("ml_model_training", {"memory_budget": "6 GB RAM"}),
 ])
 def test_optional_fields_are_still_validated_when_given(dagbag, dag_id, bad):
     from airflow.sdk.definitions.param import ParamsDict
@@ -80,7 +81,8 @@ def test_optional_fields_are_still_validated_when_given(dagbag, dag_id, bad):
 def rendered(dagbag, dag_id: str, task_id: str, **conf) -> list[str]:
     dag = dagbag.dags[dag_id]
     values = {name: dag.params[name] for name in dag.params} | conf
-    ti = SimpleNamespace(xcom_pull=lambda **_: "pulled")  # the upstream tasks' pinned values
+    # the upstream tasks' pushed values: the best trial's dict, else a pinned string
+    ti = SimpleNamespace(xcom_pull=lambda task_ids, **_: {"params": {}} if task_ids == "select_best_trial" else "pulled")
     context = {"params": values, "ti": ti, "dag": dag, "run_id": "manual"}
     return [jinja2.Environment().from_string(a).render(context) for a in dag.get_task(task_id).arguments]
 
@@ -91,6 +93,7 @@ def rendered(dagbag, dag_id: str, task_id: str, **conf) -> list[str]:
     ("batch_prediction", "extract_scoring", ["entities_table", "signup_column", "events_query", "features_table"]),
     ("model_monitoring", "extract_labels", ["snapshot_column", "labels_query", "features_table"]),
     ("model_monitoring", "monitor", ["drift_ignore_features"]),
+    ("ml_model_training", "train_model", ["memory_budget"]),
 ])
 def test_null_and_empty_render_the_same_arguments(dagbag, dag_id, task_id, emptied):
     """The form sends null for an emptied field, the API and older confs send '': the step sees '' for both."""
@@ -108,3 +111,13 @@ def test_a_feature_table_and_a_query_together_are_refused_by_extract(dagbag, tmp
                             check=False, capture_output=True, text=True, env=env)
     assert result.returncode != 0
     assert "argument --features-query: not allowed with argument --features-table" in result.stderr
+
+
+def test_the_memory_budget_reaches_the_final_fit_as_given(dagbag):
+    """The trials get it from the plan step (tests/dags/test_training_memory_budget.py); empty is the
+    deployment's budget: the trainer reads an empty --memory-budget as its default."""
+    arguments = rendered(dagbag, "ml_model_training", "train_model", memory_budget="6GiB")
+    assert arguments[arguments.index("--memory-budget") + 1] == "6GiB"
+    emptied = rendered(dagbag, "ml_model_training", "train_model")
+    assert emptied[emptied.index("--memory-budget") + 1] == ""
+    assert dagbag.dags["ml_model_training"].params.get_param("memory_budget").schema["section"] == "Training"
