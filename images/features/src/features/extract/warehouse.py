@@ -22,9 +22,9 @@ that is not a timestamp is an error naming the column, never silently dropped.
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -264,7 +264,8 @@ class Warehouse:
                 numeric = self._check_arrow_schema(reader.schema)
                 pending: list[pa.RecordBatch] = []
                 held = 0
-                for batch in read_ahead(reader):
+                # a part's rows read ahead: the driver reads on while the caller converts and writes a part
+                for batch in read_ahead(reader, batch_rows):
                     pending.append(batch)
                     held += batch.num_rows
                     while held >= batch_rows:
@@ -324,46 +325,58 @@ class Warehouse:
             yield statement
 
 
-def read_ahead(batches: Iterable[Any]) -> Iterator[Any]:
-    """``batches`` read one ahead in a thread: the driver fetches the next batch (without the GIL) while the
-    caller converts and writes this one. At most one batch waits; the thread ends with the iteration, and
-    before it when the caller stops early."""
-    waiting: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
+def read_ahead(batches: Iterable[Any], max_rows: int) -> Iterator[Any]:
+    """Record ``batches`` read ahead in a thread: the driver fetches (without the GIL) while the caller converts
+    and writes. The thread fetches another batch while fewer than ``max_rows`` rows wait, so up to about
+    ``max_rows`` rows wait (one batch at least, however large): given a part's rows, the driver keeps reading
+    while the caller writes a whole part, whatever the size of the driver's batches, and memory stays bounded.
+    The thread ends with the iteration, and before it when the caller stops early."""
+    waiting: deque[tuple[Any, BaseException | None]] = deque()
+    changed = threading.Condition()
+    held = 0  # rows waiting
+    stop = False
     end = object()
 
-    def hand_over(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                waiting.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def room() -> bool:  # for another batch (or the caller has stopped)
+        return stop or held < max_rows
 
     def fetch() -> None:
+        nonlocal held
         error = None
         try:
             for batch in batches:
-                if not hand_over((batch, None)):
-                    return
+                with changed:
+                    waiting.append((batch, None))
+                    held += batch.num_rows
+                    changed.notify_all()
+                    changed.wait_for(room)
+                    if stop:
+                        return
         except Exception as failure:  # noqa: BLE001 (any driver error: handed to the caller, raised there)
             error = failure
-        finally:
-            hand_over((end, error))
+        with changed:
+            waiting.append((end, error))
+            changed.notify_all()
 
     thread = threading.Thread(target=fetch, name="extract-read-ahead", daemon=True)
     thread.start()
     try:
         while True:
-            batch, error = waiting.get()
+            with changed:
+                changed.wait_for(lambda: waiting)
+                batch, error = waiting.popleft()
+                if batch is not end:
+                    held -= batch.num_rows
+                changed.notify_all()
             if error is not None:
                 raise error
             if batch is end:
                 return
             yield batch
     finally:
-        stop.set()
+        with changed:
+            stop = True
+            changed.notify_all()
         thread.join()
 
 
