@@ -195,7 +195,7 @@ def split_sample(
         if stop > start:
             pieces.append(frame[chosen[start:stop] - offset])
         offset += frame.height
-    return pl.concat(pieces)
+    return pl.concat(pieces, rechunk=False)  # no second copy: a column is made contiguous when it is read
 
 
 def split_head(snapshot: Snapshot, name: str, rows: int) -> pl.DataFrame:

@@ -62,7 +62,7 @@ MANIFEST_ARTIFACT = "trainer/manifest.json"
 REFERENCE_ARTIFACT = "reference/reference.json"  # what monitoring compares serving data with (trainer.drift)
 INPUT_EXAMPLE_ROWS = 5
 # Train rows sampled for the drift reference's cut points when the splits are not held (external memory):
-# deciles of 100,000 rows are within about 0.2 % of the rows' own, and the sample holds at most a quarter of
+# deciles of 100,000 rows are within about 0.2 % of the rows' own, and the sample holds at most an eighth of
 # the memory budget (float64 values of every feature).
 REFERENCE_SAMPLE_ROWS = 100_000
 MIN_REFERENCE_SAMPLE_ROWS = 1_000
@@ -133,7 +133,7 @@ def fit_streamed(
     batch_rows: int = model.EXTERNAL_BATCH_ROWS, **options: Any,
 ) -> Fitted:
     """No split held: the fit in external memory, valid and test scored batch by batch, the reference's cut
-    points from a seeded sample of train rows (a quarter of the budget at most) and its shares from all."""
+    points from a seeded sample of train rows (an eighth of the budget at most) and its shares from all."""
     columns = snapshot.feature_columns
     result = model.fit_snapshot(snapshot, params, seed, plan=plan, batch_rows=batch_rows, **options)
     labels, outputs = {}, {}
@@ -143,7 +143,7 @@ def fit_streamed(
         labels[name] = np.concatenate([y for y, _ in batches])
         outputs[name] = np.concatenate([output for _, output in batches])
     sample_rows = max(MIN_REFERENCE_SAMPLE_ROWS,
-                      min(REFERENCE_SAMPLE_ROWS, plan.budget_bytes // 4 // (8 * len(columns))))
+                      min(REFERENCE_SAMPLE_ROWS, plan.budget_bytes // 8 // (8 * len(columns))))
     sample = split_sample(snapshot, "train", sample_rows, seed, columns, batch_rows)
     entries = drift.streamed_distributions(
         {c: sample[c].to_numpy() for c in columns},
