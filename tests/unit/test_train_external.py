@@ -142,3 +142,18 @@ def test_the_deployment_budget_is_the_default_and_named_when_bad(monkeypatch):
     monkeypatch.setenv("TRAINER_MEMORY_BUDGET", "lots")
     with pytest.raises(ValueError, match="TRAINER_MEMORY_BUDGET: 'lots' is not a size"):
         model.default_memory_budget()
+
+
+def test_an_empty_memory_budget_is_the_deployments(snapshots, tmp_path, mlflow_server, monkeypatch, capsys):
+    """What the DAG passes when the run's memory_budget Param is empty: `--memory-budget ''` is
+    TRAINER_MEMORY_BUDGET (the deployment's), for the final fit as for a trial."""
+    from trainer.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "train-external")
+    monkeypatch.setenv("TRAINER_MEMORY_BUDGET", "1KiB")
+    common = ["--features", snapshots["warm"], "--params", json.dumps(FAST), "--seed", "5", "--memory-budget", ""]
+    assert main(["train", *common, "--model-name", "empty-budget", "--out", str(tmp_path / "train")]) == 0
+    assert "final fit: training data external memory" in capsys.readouterr().out
+    assert main(["trial", *common, "--out", str(tmp_path / "trial")]) == 0
+    assert "training data external memory" in capsys.readouterr().out
