@@ -24,8 +24,8 @@ run of each reported:
 - **extract (SQLAlchemy)**: the same through SQLAlchemy's server-side cursor (the path of other dialects,
   and the only one before): the speed-up.
 - **memory**: the Arrow extract of every row and of a quarter of the entities, both in batches of 100,000
-  rows (so that both have more batches than are ever in flight: the one written, the one converted, the one
-  read ahead): memory is flat when the two peak RSS match.
+  rows (so that both have more batches than are ever in flight: the one written, the one converted, up to a
+  part's rows read ahead): memory is flat when the two peak RSS match.
 
 Writes ``bench/results/extract.json`` and ``extract.md``.
 """
@@ -39,6 +39,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 from harness import best_of, machine, measure_command, write_results
 
@@ -205,25 +206,30 @@ TASKS = {
 
 
 def markdown(report: dict) -> str:
+    loads = [load for tasks in report["backends"].values() for m in tasks.values()
+             for load in m.get("all_runs_load", []) if load is not None]
     lines = [
         "# Extract benchmark: the extract against the raw driver alone",
         "",
         (
             f"The `events` table of `features.synth` ({report['events_asked']:,} events asked), batches of "
             f"{BATCH_ROWS:,} rows; {report['machine']}. Each task runs in a fresh process; seconds around the "
-            "work (imports excluded), the fastest of the runs; peak RSS is the child's own."
+            "work (imports excluded), the fastest of the runs (all of them, interleaved round by round, in the "
+            "runs column); peak RSS is the child's own."
+            + (f" Load average at the start of a run: {min(loads)} to {max(loads)}." if loads else "")
         ),
         "",
-        "| warehouse | task | rows | seconds | rows/s | peak RSS (MiB) | load avg at start |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| warehouse | task | rows | seconds | runs (s) | rows/s | peak RSS (MiB) | load avg at start |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for backend, tasks in report["backends"].items():
         for task, m in ((t, tasks[t]) for t in TASKS if t in tasks):
             if "seconds" not in m:
-                lines.append(f"| {backend} | {TASKS[task]} | – | – | – | – | {m.get('error', 'not run')} |")
+                lines.append(f"| {backend} | {TASKS[task]} | – | – | – | – | – | {m.get('error', 'not run')} |")
                 continue
             lines.append(
-                f"| {backend} | {TASKS[task]} | {m['rows']:,} | {m['seconds']:.1f} | {m['rows_per_second']:,.0f} "
+                f"| {backend} | {TASKS[task]} | {m['rows']:,} | {m['seconds']:.1f} "
+                f"| {', '.join(f'{s:.1f}' for s in m.get('all_runs_seconds', []))} | {m['rows_per_second']:,.0f} "
                 f"| {m['peak_rss_mib']:,.0f} | {m.get('load_average_at_start', '–')} |"
             )
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
@@ -247,8 +253,10 @@ def targets(report: dict) -> list[dict]:
         ours, raw = tasks.get("extract_arrow", {}), tasks.get("raw_query", {})
         if "rows_per_second" in ours and "rows_per_second" in raw:
             ratio = ours["rows_per_second"] / raw["rows_per_second"]
+            # the bar is on the fastest runs; the medians' ratio says how much of it the noise is
+            medians = median(raw["all_runs_seconds"]) / median(ours["all_runs_seconds"])
             found.append({"name": f"{backend}: extract rows/s >= {TARGET}x the raw driver's (same query)",
-                          "measured": f"{ratio:.2f}x", "met": ratio >= TARGET})
+                          "measured": f"{ratio:.2f}x (medians {medians:.2f}x)", "met": ratio >= TARGET})
         old = tasks.get("extract_sqlalchemy", {})
         if "rows_per_second" in ours and "rows_per_second" in old:
             found.append({"name": f"{backend}: Arrow path vs SQLAlchemy path (speed-up)",
@@ -304,6 +312,7 @@ def main() -> None:
                     print(f"  {json.dumps(runs[task][-1], default=str)}", flush=True)
             for task, done in runs.items():
                 report["backends"][backend][task] = best_of(len(done), lambda i, done=done: done[i])
+                report["backends"][backend][task]["all_runs_load"] = [r.get("load_average_at_start") for r in done]
     finally:
         if server is not None:
             server.cleanup()
