@@ -157,3 +157,16 @@ def test_an_empty_memory_budget_is_the_deployments(snapshots, tmp_path, mlflow_s
     assert "final fit: training data external memory" in capsys.readouterr().out
     assert main(["trial", *common, "--out", str(tmp_path / "trial")]) == 0
     assert "training data external memory" in capsys.readouterr().out
+
+
+def test_an_explicit_memory_budget_reaches_the_final_fit(snapshots, tmp_path, mlflow_server, monkeypatch, capsys):
+    """`trainer train --memory-budget SIZE` (the run's memory_budget Param) decides over the deployment's."""
+    from trainer.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "train-external")
+    monkeypatch.setenv("TRAINER_MEMORY_BUDGET", "1TiB")
+    argv = ["train", "--features", snapshots["warm"], "--params", json.dumps(FAST), "--seed", "9",
+            "--model-name", "explicit-budget", "--memory-budget", "1KiB", "--out", str(tmp_path / "train")]
+    assert main(argv) == 0
+    assert "final fit: training data external memory" in capsys.readouterr().out

@@ -28,7 +28,6 @@ from mlcontract.names import CHAMPION
 from trainer import model
 
 DEVICES = ("cpu", "cuda")
-MEMORY_BUDGET_ENV = "TRAINER_MEMORY_BUDGET"  # the deployment's default (mlplatform.settings)
 
 
 # --- option types ---------------------------------------------------------------------------------------
@@ -108,6 +107,7 @@ def train(args: argparse.Namespace) -> TrainManifest:
     return run_train(
         args.features, _fit_params(args), args.seed, args.model_name, args.env.output(args.out),
         validations=args.validations, device=args.device, log_every=args.log_every, env=args.env,
+        memory_budget=args.memory_budget,
     )
 
 
@@ -171,9 +171,9 @@ def _fitting(sub: argparse.ArgumentParser, env: StepEnvironment, params_required
         help="log the validation metric (the task's: AUC, log loss, RMSE) every N boosting rounds",
     )
     sub.add_argument(
-        "--memory-budget", type=byte_size, default=os.environ.get(MEMORY_BUDGET_ENV, ""), metavar="SIZE",
+        "--memory-budget", type=byte_size, default=os.environ.get(model.MEMORY_BUDGET_ENV, ""), metavar="SIZE",
         help="memory the train and valid splits may take (e.g. 2GiB); bigger snapshots are read in batches "
-        f"into xgboost's external memory. Empty or auto: env {MEMORY_BUDGET_ENV}, else half the memory limit",
+        f"into xgboost's external memory. Empty or auto: env {model.MEMORY_BUDGET_ENV}, else half the memory limit",
     )
 
 
