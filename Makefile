@@ -52,9 +52,9 @@ $(UV):
 	$(PYTHON) -m venv $(BOOTSTRAP)
 	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
+# Bytecode compiled once here: with PYTHONDONTWRITEBYTECODE (CI sets it) or a read-only environment every
+# process would compile Airflow, MLflow and scikit-learn from source on each import (airflow.sdk: 4.8 s -> 3.1 s)
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml contract/pyproject.toml images/features/pyproject.toml images/trainer/pyproject.toml images/mlflow/pyproject.toml
-	# Bytecode compiled once here: with PYTHONDONTWRITEBYTECODE (CI sets it) or a read-only environment every
-	# process would compile Airflow, MLflow and scikit-learn from source on each import (airflow.sdk: 4.8 s -> 3.1 s)
 	$(UV) sync --frozen --all-packages --compile-bytecode
 	touch $@
 
