@@ -179,6 +179,9 @@ def test_memory_budget_option_and_its_environment_default(snapshots, tmp_path, m
         main([*argv, "--out", str(tmp_path / "bad"), "--memory-budget", "lots"])
     assert exit_info.value.code == 2
     assert "--memory-budget: 'lots' is not a size" in capsys.readouterr().err
+    monkeypatch.setenv("TRAINER_MEMORY_BUDGET", "lots")  # a bad deployment value: one line, naming it
+    assert main([*argv, "--out", str(tmp_path / "bad-env")]) == 1
+    assert "trainer trial: TRAINER_MEMORY_BUDGET: 'lots' is not a size" in capsys.readouterr().err
 
 
 def test_a_split_without_a_feature_column_is_one_line(snapshots, tmp_path):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlcontract.cli import parse_size
+from mlcontract.errors import StepInputError
 from mlcontract.manifests import TrainManifest
 from test_external_memory import FAST, OOM_EXIT, WATCHDOG, write_snapshot
 from trainer import data, drift, model
@@ -140,7 +141,7 @@ def test_the_deployment_budget_is_the_default_and_named_when_bad(monkeypatch):
     monkeypatch.setenv("TRAINER_MEMORY_BUDGET", "")
     assert model.default_memory_budget() == int(model.memory_limit() * model.DEFAULT_BUDGET_SHARE)
     monkeypatch.setenv("TRAINER_MEMORY_BUDGET", "lots")
-    with pytest.raises(ValueError, match="TRAINER_MEMORY_BUDGET: 'lots' is not a size"):
+    with pytest.raises(StepInputError, match="TRAINER_MEMORY_BUDGET: 'lots' is not a size"):
         model.default_memory_budget()
 
 

@@ -171,7 +171,7 @@ def _fitting(sub: argparse.ArgumentParser, env: StepEnvironment, params_required
         help="log the validation metric (the task's: AUC, log loss, RMSE) every N boosting rounds",
     )
     sub.add_argument(
-        "--memory-budget", type=byte_size, default=os.environ.get(model.MEMORY_BUDGET_ENV, ""), metavar="SIZE",
+        "--memory-budget", type=byte_size, default=None, metavar="SIZE",
         help="memory the train and valid splits may take (e.g. 2GiB); bigger snapshots are read in batches "
         f"into xgboost's external memory. Empty or auto: env {model.MEMORY_BUDGET_ENV}, else half the memory limit",
     )

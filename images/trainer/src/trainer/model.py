@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mlcontract.errors import StepInputError
 from mlcontract.names import BINARY, MULTICLASS, REGRESSION
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ def default_memory_budget() -> int:
         try:
             return parse_size(configured)
         except ValueError as error:
-            raise ValueError(f"{MEMORY_BUDGET_ENV}: {error}") from None
+            raise StepInputError(f"{MEMORY_BUDGET_ENV}: {error}") from None
     return int(memory_limit() * DEFAULT_BUDGET_SHARE)
 
 
